@@ -1,0 +1,107 @@
+//! The predicted-delay risk model: a pure function from an open order's snapshot, its route's
+//! live statistics and the current event time to a late-delivery probability.
+//!
+//! In: [`RiskSnapshot`], [`RouteStats`], `now`, the spec. Out: probability in [0, 1]. The dataflow
+//! (`dataflow::risk`) keeps the statistics incrementally; the batch oracle calls the same function
+//! on statistics it recomputes itself.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::pipeline::PipelineSpec;
+
+/// What the risk model needs to know about one open order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskSnapshot {
+    pub created_ts: i64,
+    pub promised_ts: i64,
+    pub shipped_ts: Option<i64>,
+    pub out_for_delivery: bool,
+    /// 1 while a carrier exception is open, else 0.
+    pub open_exceptions: u32,
+    pub payment_failed_open: bool,
+}
+
+/// Outcome statistics of one route (region x ship_mode x warehouse), integer so they are exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteStats {
+    pub deliveries: u64,
+    pub late: u64,
+    pub transit_sum_ms: i64,
+    pub transit_n: u64,
+    pub ship_sum_ms: i64,
+    pub ship_n: u64,
+}
+
+impl RouteStats {
+    /// Adds a delivery with a promise (`late`) and, if known, its transit time.
+    pub fn add_delivery(&mut self, late: bool, transit_ms: Option<i64>) {
+        self.deliveries += 1;
+        self.late += late as u64;
+        if let Some(t) = transit_ms {
+            self.transit_sum_ms += t;
+            self.transit_n += 1;
+        }
+    }
+    pub fn add_shipment(&mut self, order_to_ship_ms: i64) {
+        self.ship_sum_ms += order_to_ship_ms;
+        self.ship_n += 1;
+    }
+}
+
+fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
+}
+
+/// Late-delivery probability of an open order at event time `now`.
+///
+/// `ship_within_ms` and `transit_ms` are the service-level defaults for the order's ship mode,
+/// used until the route has history.
+pub fn score(s: &RiskSnapshot, route: &RouteStats, now: i64, ship_within_ms: i64, transit_ms: i64, spec: &PipelineSpec) -> f64 {
+    if now > s.promised_ts {
+        return 1.0;
+    }
+    let r = &spec.risk;
+    let w = &r.weights;
+    let late_rate = (route.late as f64 + r.prior_weight * r.prior_late_rate) / (route.deliveries as f64 + r.prior_weight);
+    let expected_transit = if route.transit_n > 0 { route.transit_sum_ms as f64 / route.transit_n as f64 } else { transit_ms as f64 };
+    let expected_ship = if route.ship_n > 0 { route.ship_sum_ms as f64 / route.ship_n as f64 } else { ship_within_ms as f64 };
+    let remaining = if s.out_for_delivery {
+        0.0
+    } else if let Some(shipped) = s.shipped_ts {
+        (expected_transit - (now - shipped) as f64).max(0.0)
+    } else {
+        (expected_ship - (now - s.created_ts) as f64).max(0.0) + expected_transit
+    };
+    let time_left = (s.promised_ts - now) as f64;
+    let x = w.bias
+        + w.route_logit * logit(late_rate.clamp(1e-6, 1.0 - 1e-6))
+        + w.slack * (remaining - time_left) / w.slack_scale.ms() as f64
+        + w.exception * s.open_exceptions as f64
+        + if s.payment_failed_open { w.payment_failed } else { 0.0 };
+    1.0 / (1.0 + (-x).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> RiskSnapshot {
+        RiskSnapshot { created_ts: 0, promised_ts: 5 * 86_400_000, shipped_ts: None, out_for_delivery: false, open_exceptions: 0, payment_failed_open: false }
+    }
+
+    #[test]
+    fn risk_rises_with_route_late_rate_and_trouble_and_is_certain_after_promise() {
+        let spec = PipelineSpec::builtin();
+        let day = 86_400_000;
+        let calm = RouteStats { deliveries: 200, late: 4, ..Default::default() };
+        let stormy = RouteStats { deliveries: 200, late: 120, ..Default::default() };
+        let s = snapshot();
+        let base = score(&s, &calm, day, day, 2 * day, &spec);
+        assert!(score(&s, &stormy, day, day, 2 * day, &spec) > base);
+        let troubled = RiskSnapshot { open_exceptions: 1, payment_failed_open: true, ..s.clone() };
+        assert!(score(&troubled, &calm, day, day, 2 * day, &spec) > base);
+        // Less time left for the same remaining work means more risk.
+        assert!(score(&s, &calm, 4 * day, day, 2 * day, &spec) > score(&s, &calm, day, day, 2 * day, &spec));
+        assert_eq!(score(&s, &calm, 5 * day + 1, day, 2 * day, &spec), 1.0);
+    }
+}

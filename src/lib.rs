@@ -1,0 +1,10 @@
+//! fulfillment-ai: a streaming order-fulfillment monitor on timely/differential dataflow.
+//!
+//! Events flow `sources` -> `dataflow` (decode, watermark, order state, KPIs, risk, deviations) ->
+//! `sinks`. `config` holds the declarative pipeline spec; `model` the event and record types.
+
+pub mod config;
+pub mod dataflow;
+pub mod model;
+pub mod sinks;
+pub mod sources;

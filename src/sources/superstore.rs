@@ -1,0 +1,1 @@
+//! Superstore replay (stub: being written).
