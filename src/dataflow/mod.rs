@@ -1,4 +1,470 @@
-//! The timely/differential dataflow (being written).
+//! The timely/differential dataflow of the streaming core, and [`run_job`] which runs it.
+//!
+//! ```text
+//! ingest (per worker: decode, watermark, lateness; bad -> DLQ, late -> late sink)
+//!   -> exchange(order_id) -> orders (order state, timers, per-order deviations)
+//!        -> facts ----------------------------------> preaggregate -+
+//!        -> backlog updates -> differential count_total ------------+-> exchange(series) -> cells
+//!        -> risk updates -> exchange(route) -> risk -> facts -> preaggregate -+     (windows, KPI
+//!                                             -> predicted_delay deviations       records, breaches,
+//!        -> deviations                                                            anomalies)
+//! ```
+//! Timely timestamps are event-time ticks; an operator's input frontier is the watermark.
+//! Every operator emits at the frontier it last saw and carries event time in the data, so one
+//! message per invocation suffices. Outputs leave through a channel to the sink collector.
 
+pub mod ingest;
 pub mod kpi_math;
+pub mod kpis;
+pub mod orders;
+pub mod risk;
 pub mod risk_model;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::operators::count::CountTotal;
+use differential_dataflow::AsCollection;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::vec::{Map, Partition};
+use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
+use timely::dataflow::{InputHandleVec, ProbeHandle};
+
+use crate::config::pipeline::PipelineSpec;
+use crate::model::event::OrderEvent;
+use crate::model::records::{Deviation, KpiRecord};
+use crate::sinks::{CollectorOptions, DeadLetter, LateEvent, SinkMessage};
+use crate::sources::Source;
+
+pub use ingest::{Pacing, SharedCounters};
+pub use risk::RiskScore;
+
+use kpis::{CellState, KpiInput, KpiOutput, Preaggregator};
+use orders::{OrderOutput, OrderState, RiskUpdate};
+use risk::{RiskOutput, RiskState};
+
+/// Milliseconds since the epoch, wall clock.
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// How to run a job.
+#[derive(Clone, Debug)]
+pub struct JobOptions {
+    /// Timely worker threads.
+    pub workers: usize,
+    pub pacing: Pacing,
+    /// Keep every risk score (for quality evaluation).
+    pub collect_risk_scores: bool,
+    /// Write JSONL outputs here.
+    pub out_dir: Option<std::path::PathBuf>,
+    /// Keep final KPIs, deviations, dead letters and late events in the report.
+    pub keep_in_memory: bool,
+    /// Print deviations and final global KPIs as they come.
+    pub echo: bool,
+    /// Minimum wall time between intermediate KPI versions of a cell operator.
+    pub kpi_update_interval: Duration,
+    /// Events taken from each partition per ingest round.
+    pub batch_per_partition: usize,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            workers: 1,
+            pacing: Pacing::MaxSpeed,
+            collect_risk_scores: false,
+            out_dir: None,
+            keep_in_memory: true,
+            echo: false,
+            kpi_update_interval: Duration::from_millis(250),
+            batch_per_partition: 2048,
+        }
+    }
+}
+
+/// Counters of a finished job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub received: u64,
+    pub accepted: u64,
+    pub dead_lettered: u64,
+    pub late: u64,
+    pub duplicates: u64,
+    pub facts: u64,
+    pub deviations: u64,
+    pub kpi_updates: u64,
+    pub final_kpis: u64,
+}
+
+/// What a finished job produced.
+#[derive(Debug, Default)]
+pub struct JobReport {
+    /// Final KPI records, sorted by key.
+    pub final_kpis: Vec<KpiRecord>,
+    /// Deviations sorted by id.
+    pub deviations: Vec<Deviation>,
+    /// Risk scores sorted by (order, now), when collected.
+    pub risk_scores: Vec<RiskScore>,
+    pub counters: Counters,
+    pub dead_letters: Vec<DeadLetter>,
+    pub late_events: Vec<LateEvent>,
+    /// Peak live order records summed over workers (sampled at ingest rounds).
+    pub peak_live_orders: u64,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("timely could not start: {0}")]
+    Timely(String),
+    #[error("a worker failed: {0}")]
+    Worker(String),
+    #[error("writing outputs failed: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Per-worker gauges reported back after the run.
+#[derive(Default, Clone, Copy)]
+struct WorkerStats {
+    peak_live_orders: u64,
+}
+
+/// Runs the pipeline over `source` until it ends.
+pub fn run_job(spec: &PipelineSpec, source: Arc<dyn Source>, opts: &JobOptions) -> Result<JobReport, JobError> {
+    let started = Instant::now();
+    let spec = Arc::new(spec.clone());
+    let (tx, rx) = crossbeam_channel::unbounded::<SinkMessage>();
+    let collector_opts = CollectorOptions { out_dir: opts.out_dir.clone(), keep_in_memory: opts.keep_in_memory, echo: opts.echo };
+    let collector = std::thread::Builder::new().name("sink-collector".into()).spawn(move || crate::sinks::collect(rx, collector_opts)).map_err(JobError::Output)?;
+    let counters = Arc::new(SharedCounters::default());
+    let worker_counters = counters.clone();
+    let opts_w = opts.clone();
+    let guards = timely::execute(timely::Config::process(opts.workers.max(1)), move |worker| {
+        run_worker(worker, spec.clone(), source.clone(), &opts_w, tx.clone(), &worker_counters)
+    })
+    .map_err(JobError::Timely)?;
+    let mut peak = 0;
+    for r in guards.join() {
+        let stats = r.map_err(JobError::Worker)?;
+        peak += stats.peak_live_orders;
+    }
+    let collected = collector.join().map_err(|_| JobError::Worker("sink collector panicked".into()))??;
+    let c = &counters;
+    let counters = Counters {
+        received: c.received.load(Ordering::Relaxed),
+        accepted: c.accepted.load(Ordering::Relaxed),
+        dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+        late: c.late.load(Ordering::Relaxed),
+        duplicates: c.duplicates.load(Ordering::Relaxed),
+        facts: c.facts.load(Ordering::Relaxed),
+        deviations: c.deviations.load(Ordering::Relaxed),
+        kpi_updates: collected.kpi_updates,
+        final_kpis: collected.final_kpis.len() as u64,
+    };
+    Ok(JobReport {
+        final_kpis: collected.final_kpis,
+        deviations: collected.deviations,
+        risk_scores: collected.risk_scores,
+        counters,
+        dead_letters: collected.dead_letters,
+        late_events: collected.late_events,
+        peak_live_orders: peak,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn frontier_of(f: &timely::progress::frontier::MutableAntichain<u64>) -> Option<u64> {
+    f.frontier().iter().next().copied()
+}
+
+/// Downgrades `cap` to the frontier, or drops it when the frontier is empty.
+fn follow_frontier(cap: &mut Option<Capability<u64>>, frontier: Option<u64>) {
+    match (cap.as_mut(), frontier) {
+        (Some(c), Some(f)) if *c.time() < f => c.downgrade(&f),
+        (Some(_), None) => *cap = None,
+        _ => {}
+    }
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    spec: Arc<PipelineSpec>,
+    source: Arc<dyn Source>,
+    opts: &JobOptions,
+    sink: crossbeam_channel::Sender<SinkMessage>,
+    counters: &Arc<SharedCounters>,
+) -> WorkerStats {
+    let index = worker.index();
+    let peers = worker.peers();
+    let mut input = InputHandleVec::<u64, OrderEvent>::new();
+    let probe = ProbeHandle::new();
+    let live_orders = std::rc::Rc::new(std::cell::Cell::new(0usize));
+
+    worker.dataflow::<u64, _, _>(|scope| {
+        let events = input.to_stream(scope);
+
+        // Order state, exchanged by order id.
+        let order_spec = spec.clone();
+        let live = live_orders.clone();
+        let order_out = events.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<OrderOutput>>, _, _, _>(
+            Exchange::new(|e: &OrderEvent| fx_hash(e.order_id.as_bytes())),
+            "OrderState",
+            move |cap, _info| {
+                let mut state = OrderState::new(order_spec);
+                let mut cap = Some(cap);
+                let mut buffer = Vec::new();
+                move |(input, frontier), output| {
+                    input.for_each(|_time, data| {
+                        for e in data.drain(..) {
+                            state.stash(e);
+                        }
+                    });
+                    let f = frontier_of(frontier);
+                    state.advance(f, &mut buffer);
+                    if let Some(c) = cap.as_ref() {
+                        if !buffer.is_empty() {
+                            output.session(c).give_iterator(buffer.drain(..));
+                        }
+                    }
+                    live.set(state.live_orders());
+                    follow_frontier(&mut cap, f);
+                }
+            },
+        );
+        let mut parts = order_out.partition(4, |o: OrderOutput| match o {
+            OrderOutput::Fact(_) => (0, o),
+            OrderOutput::Backlog(_) => (1, o),
+            OrderOutput::Risk(_) => (2, o),
+            OrderOutput::Deviation(_) | OrderOutput::Duplicate => (3, o),
+        });
+        let other = parts.pop().expect("4 parts");
+        let risk_updates = parts.pop().expect("4 parts");
+        let backlog = parts.pop().expect("4 parts");
+        let order_facts = parts.pop().expect("4 parts");
+
+        // Per-order deviations and duplicate counts leave here.
+        let dev_sink = sink.clone();
+        let dev_counters = counters.clone();
+        other.sink(Pipeline, "OrderDeviationsSink", move |(input, _)| {
+            input.for_each(|_t, data| {
+                let mut devs = Vec::new();
+                for o in data.drain(..) {
+                    match o {
+                        OrderOutput::Deviation(d) => devs.push(*d),
+                        OrderOutput::Duplicate => {
+                            dev_counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
+                }
+                if !devs.is_empty() {
+                    dev_counters.deviations.fetch_add(devs.len() as u64, Ordering::Relaxed);
+                    let _ = dev_sink.send(SinkMessage::Deviations(devs));
+                }
+            })
+        });
+
+        // Risk, exchanged by route.
+        let risk_spec = spec.clone();
+        let collect_scores = opts.collect_risk_scores;
+        let risk_out = risk_updates
+            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<RiskOutput>>, _, _, _>(
+                Exchange::new(|o: &OrderOutput| match o {
+                    OrderOutput::Risk(u) => route_hash(u),
+                    _ => 0,
+                }),
+                "Risk",
+                move |cap, _info| {
+                    let mut state = RiskState::new(risk_spec, collect_scores);
+                    let mut cap = Some(cap);
+                    let mut buffer = Vec::new();
+                    move |(input, frontier), output| {
+                        input.for_each(|_t, data| {
+                            for o in data.drain(..) {
+                                if let OrderOutput::Risk(u) = o {
+                                    state.stash(*u);
+                                }
+                            }
+                        });
+                        let f = frontier_of(frontier);
+                        state.advance(f, &mut buffer);
+                        if let Some(c) = cap.as_ref() {
+                            if !buffer.is_empty() {
+                                output.session(c).give_iterator(buffer.drain(..));
+                            }
+                        }
+                        follow_frontier(&mut cap, f);
+                    }
+                },
+            );
+        let risk_sink = sink.clone();
+        let risk_counters = counters.clone();
+        let risk_facts = risk_out.unary::<timely::container::CapacityContainerBuilder<Vec<OrderOutput>>, _, _, _>(Pipeline, "RiskSplit", move |_cap, _info| {
+            move |input, output| {
+                input.for_each(|time, data| {
+                    let mut facts = Vec::new();
+                    let mut devs = Vec::new();
+                    let mut scores = Vec::new();
+                    for o in data.drain(..) {
+                        match o {
+                            RiskOutput::Fact(f) => facts.push(OrderOutput::Fact(f)),
+                            RiskOutput::Deviation(d) => devs.push(*d),
+                            RiskOutput::Score(s) => scores.push(s),
+                        }
+                    }
+                    if !devs.is_empty() {
+                        risk_counters.deviations.fetch_add(devs.len() as u64, Ordering::Relaxed);
+                        let _ = risk_sink.send(SinkMessage::Deviations(devs));
+                    }
+                    if !scores.is_empty() {
+                        let _ = risk_sink.send(SinkMessage::RiskScores(scores));
+                    }
+                    if !facts.is_empty() {
+                        output.session(&time).give_iterator(facts.into_iter());
+                    }
+                });
+            }
+        });
+
+        // Facts -> per-worker partials.
+        let pre_spec = spec.clone();
+        let fact_counters = counters.clone();
+        let partials = order_facts.concat(risk_facts).unary::<timely::container::CapacityContainerBuilder<Vec<KpiInput>>, _, _, _>(
+            Pipeline,
+            "Preaggregate",
+            move |_cap, _info| {
+                let mut pre = Preaggregator::new(pre_spec);
+                move |input, output| {
+                    input.for_each(|time, data| {
+                        let mut n = 0;
+                        for o in data.drain(..) {
+                            if let OrderOutput::Fact(f) = o {
+                                pre.add(&f);
+                                n += 1;
+                            }
+                        }
+                        fact_counters.facts.fetch_add(n, Ordering::Relaxed);
+                        output.session(&time).give_iterator(pre.drain());
+                    });
+                }
+            },
+        );
+
+        // Backlog: a differential collection with retractions, counted per series.
+        let levels = backlog
+            .flat_map(|o: OrderOutput| match o {
+                OrderOutput::Backlog(update) => Some(update),
+                _ => None,
+            })
+            .as_collection()
+            .count_total()
+            .inner
+            .flat_map(|((key, count), tick, diff): ((orders::BacklogKey, isize), u64, isize)| Some(KpiInput::Level(key, count as i64, tick, diff)));
+
+        // Cells: windows, records, breaches, anomalies.
+        let cell_spec = spec.clone();
+        let interval = opts.kpi_update_interval;
+        let kpi_out = partials.concat(levels).unary_frontier::<timely::container::CapacityContainerBuilder<Vec<KpiOutput>>, _, _, _>(
+            Exchange::new(|i: &KpiInput| i.route()),
+            "Cells",
+            move |cap, _info| {
+                let mut state = CellState::new(cell_spec);
+                let mut cap = Some(cap);
+                let mut buffer = Vec::new();
+                let mut last_emit = Instant::now();
+                move |(input, frontier), output| {
+                    input.for_each(|_t, data| {
+                        for i in data.drain(..) {
+                            state.ingest(i);
+                        }
+                    });
+                    let f = frontier_of(frontier);
+                    let intermediate = f.is_some() && last_emit.elapsed() >= interval;
+                    if intermediate {
+                        last_emit = Instant::now();
+                    }
+                    state.advance(f, intermediate, &mut buffer);
+                    if let Some(c) = cap.as_ref() {
+                        if !buffer.is_empty() {
+                            output.session(c).give_iterator(buffer.drain(..));
+                        }
+                    }
+                    follow_frontier(&mut cap, f);
+                }
+            },
+        );
+        let kpi_sink = sink.clone();
+        let kpi_counters = counters.clone();
+        kpi_out.probe_with(&probe).sink(Pipeline, "KpiSink", move |(input, _)| {
+            input.for_each(|_t, data| {
+                let mut records = Vec::new();
+                let mut devs = Vec::new();
+                for o in data.drain(..) {
+                    match o {
+                        KpiOutput::Record(r) => records.push(r),
+                        KpiOutput::Deviation(d) => devs.push(*d),
+                    }
+                }
+                if !devs.is_empty() {
+                    kpi_counters.deviations.fetch_add(devs.len() as u64, Ordering::Relaxed);
+                    let _ = kpi_sink.send(SinkMessage::Deviations(devs));
+                }
+                if !records.is_empty() {
+                    let _ = kpi_sink.send(SinkMessage::Kpis(records));
+                }
+            })
+        });
+    });
+
+    let mut ingest = ingest::Ingest::new(source.readers(index, peers), &spec, opts.pacing);
+    let mut batch = Vec::with_capacity(opts.batch_per_partition * 2);
+    let mut stats = WorkerStats::default();
+    let mut since_sync = 0usize;
+    loop {
+        let round = ingest.round(opts.batch_per_partition, *input.time(), &mut batch, &sink, counters);
+        if !batch.is_empty() {
+            input.send_batch(&mut batch);
+            batch.clear();
+        }
+        since_sync += round.accepted;
+        match round.frontier {
+            None => break,
+            Some(f) => {
+                if f > *input.time() {
+                    input.advance_to(f);
+                }
+            }
+        }
+        worker.step();
+        // Bound in-flight data: let the dataflow catch up every so many events.
+        if since_sync >= 64 * 1024 {
+            since_sync = 0;
+            let t = *input.time();
+            worker.step_while(|| probe.less_than(&t));
+        }
+        stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
+        if round.accepted == 0 {
+            std::thread::yield_now();
+        }
+    }
+    drop(input);
+    while worker.step_or_park(None) {}
+    stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
+    stats
+}
+
+fn fx_hash(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(bytes);
+    h.finish()
+}
+
+fn route_hash(u: &RiskUpdate) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    (u.route.0.as_str(), u.route.1.as_str(), u.route.2.as_str()).hash(&mut h);
+    h.finish()
+}

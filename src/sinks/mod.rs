@@ -1,1 +1,160 @@
-//! Sinks (being written).
+//! Sinks: the collector that receives everything the job emits (KPI records, deviations, dead
+//! letters, late events, risk scores), writes it as JSONL files to an output directory, and
+//! builds the [`JobReport`](crate::dataflow::JobReport).
+//!
+//! In: [`SinkMessage`]s over a channel from the timely workers and the ingest loops. Out: files
+//! `kpis.jsonl`, `deviations.jsonl`, `dead_letters.jsonl`, `late_events.jsonl` and in-memory
+//! results. Deviations and dead letters are never dropped: the channel is unbounded.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataflow::risk::RiskScore;
+use crate::model::records::{Deviation, KpiRecord};
+
+/// A raw event that could not be decoded, with where it came from and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub partition: u32,
+    pub offset: u64,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// An event that arrived behind its partition's watermark plus allowed lateness.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateEvent {
+    pub partition: u32,
+    pub offset: u64,
+    pub event_id: String,
+    pub order_id: String,
+    pub ts: i64,
+    /// The partition frontier (tick) it was behind.
+    pub frontier_tick: u64,
+}
+
+pub enum SinkMessage {
+    Kpis(Vec<KpiRecord>),
+    Deviations(Vec<Deviation>),
+    DeadLetter(DeadLetter),
+    Late(LateEvent),
+    RiskScores(Vec<RiskScore>),
+}
+
+/// What the collector keeps.
+#[derive(Default)]
+pub struct Collected {
+    pub final_kpis: Vec<KpiRecord>,
+    pub kpi_updates: u64,
+    pub deviations: Vec<Deviation>,
+    pub dead_letters: Vec<DeadLetter>,
+    pub late_events: Vec<LateEvent>,
+    pub risk_scores: Vec<RiskScore>,
+}
+
+struct Files {
+    kpis: BufWriter<File>,
+    deviations: BufWriter<File>,
+    dead_letters: BufWriter<File>,
+    late: BufWriter<File>,
+}
+
+impl Files {
+    fn create(dir: &Path) -> std::io::Result<Files> {
+        std::fs::create_dir_all(dir)?;
+        let open = |name: &str| -> std::io::Result<BufWriter<File>> { Ok(BufWriter::new(File::create(dir.join(name))?)) };
+        Ok(Files { kpis: open("kpis.jsonl")?, deviations: open("deviations.jsonl")?, dead_letters: open("dead_letters.jsonl")?, late: open("late_events.jsonl")? })
+    }
+}
+
+fn write_line<T: Serialize>(w: &mut BufWriter<File>, value: &T) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *w, value)?;
+    w.write_all(b"\n")
+}
+
+/// Options of the collector.
+#[derive(Clone, Debug, Default)]
+pub struct CollectorOptions {
+    pub out_dir: Option<PathBuf>,
+    /// Keep final KPIs, deviations, dead letters and late events in memory for the report.
+    pub keep_in_memory: bool,
+    /// Print deviations and final global KPIs to stdout as they arrive.
+    pub echo: bool,
+}
+
+/// Receives until every sender is dropped.
+pub fn collect(rx: crossbeam_channel::Receiver<SinkMessage>, opts: CollectorOptions) -> std::io::Result<Collected> {
+    let mut files = opts.out_dir.as_deref().map(Files::create).transpose()?;
+    let mut c = Collected::default();
+    for msg in rx {
+        match msg {
+            SinkMessage::Kpis(records) => {
+                c.kpi_updates += records.len() as u64;
+                for r in records {
+                    if let Some(f) = files.as_mut() {
+                        write_line(&mut f.kpis, &r)?;
+                    }
+                    if r.is_final {
+                        if opts.echo && r.dims.is_empty() {
+                            println!(
+                                "KPI {:<26} window {} value {} ({:?})",
+                                r.kpi,
+                                crate::model::time::format_rfc3339(r.window_start),
+                                r.value.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+                                r.status
+                            );
+                        }
+                        if opts.keep_in_memory {
+                            c.final_kpis.push(r);
+                        }
+                    }
+                }
+            }
+            SinkMessage::Deviations(devs) => {
+                for d in devs {
+                    if let Some(f) = files.as_mut() {
+                        write_line(&mut f.deviations, &d)?;
+                    }
+                    if opts.echo {
+                        println!("DEVIATION {:?} {} {}", d.severity, d.id, d.summary);
+                    }
+                    if opts.keep_in_memory {
+                        c.deviations.push(d);
+                    }
+                }
+            }
+            SinkMessage::DeadLetter(d) => {
+                if let Some(f) = files.as_mut() {
+                    write_line(&mut f.dead_letters, &d)?;
+                }
+                if opts.keep_in_memory {
+                    c.dead_letters.push(d);
+                }
+            }
+            SinkMessage::Late(l) => {
+                if let Some(f) = files.as_mut() {
+                    write_line(&mut f.late, &l)?;
+                }
+                if opts.keep_in_memory {
+                    c.late_events.push(l);
+                }
+            }
+            SinkMessage::RiskScores(s) => c.risk_scores.extend(s),
+        }
+    }
+    if let Some(mut f) = files {
+        f.kpis.flush()?;
+        f.deviations.flush()?;
+        f.dead_letters.flush()?;
+        f.late.flush()?;
+    }
+    c.final_kpis.sort_by_key(|a| a.key());
+    c.deviations.sort_by(|a, b| a.id.cmp(&b.id));
+    c.risk_scores.sort();
+    c.dead_letters.sort_by_key(|d| (d.partition, d.offset));
+    c.late_events.sort_by_key(|d| (d.partition, d.offset));
+    Ok(c)
+}

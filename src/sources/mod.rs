@@ -5,6 +5,7 @@
 //! in [`RawBatch`]es, decoded downstream by `dataflow::ingest`. Sources never decode: a malformed
 //! line is the ingest stage's to reject.
 
+pub mod error;
 pub mod generator;
 pub mod jsonl;
 pub mod memory;

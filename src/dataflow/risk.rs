@@ -1,0 +1,188 @@
+//! The risk operator: live route statistics and a predicted-delay score for every open order.
+//!
+//! In: [`RiskUpdate`]s from the order-state operator, exchanged by route (region x ship_mode x
+//! warehouse), so a route's statistics and its open orders live on one worker. Out:
+//! [`RiskOutput`]s: a `risk` fact per score (feeding the segment risk KPI), `predicted_delay`
+//! deviations when a score first reaches a band, and optionally the scores themselves.
+//!
+//! Tick order (docs/SEMANTICS.md section 5): at tick `t`, first the periodic scores of an eval
+//! point (state before `t`), then the scores of orders updated in `t`, then `t`'s outcomes enter
+//! the statistics. A score therefore never sees the outcome it predicts.
+
+use std::collections::BTreeMap;
+
+use compact_str::CompactString;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::config::pipeline::{PipelineSpec, Severity};
+use crate::dataflow::orders::{dims_context, RiskInput, RiskUpdate, Route};
+use crate::dataflow::risk_model::{score, RiskSnapshot, RouteStats};
+use crate::model::facts::{ppm, Dims, Fact, FactField, FactKind};
+use crate::model::records::{Deviation, DeviationType};
+use crate::model::time::TickClock;
+
+/// One score of one order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RiskScore {
+    pub order_id: String,
+    pub now: i64,
+    pub risk_ppm: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RiskOutput {
+    Fact(Fact),
+    Deviation(Box<Deviation>),
+    Score(RiskScore),
+}
+
+struct OpenOrder {
+    route: Route,
+    snapshot: RiskSnapshot,
+    dims: Dims,
+    ship_within_ms: i64,
+    transit_ms: i64,
+    /// Highest band already reported: 0 none, 1 warning, 2 critical.
+    fired: u8,
+}
+
+pub struct RiskState {
+    spec: std::sync::Arc<PipelineSpec>,
+    clock: TickClock,
+    eval_every_ticks: u64,
+    warn_ppm: i64,
+    critical_ppm: i64,
+    collect_scores: bool,
+    stats: FxHashMap<Route, RouteStats>,
+    open: FxHashMap<CompactString, OpenOrder>,
+    stash: BTreeMap<u64, Vec<RiskUpdate>>,
+    /// First tick not yet processed.
+    cursor: u64,
+}
+
+impl RiskState {
+    pub fn new(spec: std::sync::Arc<PipelineSpec>, collect_scores: bool) -> Self {
+        let clock = TickClock { tick_ms: spec.time.tick.ms() };
+        let eval_every_ticks = (spec.risk.eval_interval.ms() / clock.tick_ms) as u64;
+        let (warn_ppm, critical_ppm) = (ppm(spec.risk.warn), ppm(spec.risk.critical));
+        RiskState {
+            spec,
+            clock,
+            eval_every_ticks,
+            warn_ppm,
+            critical_ppm,
+            collect_scores,
+            stats: FxHashMap::default(),
+            open: FxHashMap::default(),
+            stash: BTreeMap::new(),
+            cursor: 0,
+        }
+    }
+
+    pub fn open_orders(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn stash(&mut self, update: RiskUpdate) {
+        self.stash.entry(update.tick).or_default().push(update);
+    }
+
+    /// Processes every tick `< frontier` (all, if `None`) that has updates or is an eval point
+    /// with open orders.
+    pub fn advance(&mut self, frontier: Option<u64>, out: &mut Vec<RiskOutput>) {
+        let bound = frontier.unwrap_or(u64::MAX);
+        loop {
+            let next_update = self.stash.keys().next().copied();
+            let next_eval = (!self.open.is_empty()).then(|| self.cursor.div_ceil(self.eval_every_ticks) * self.eval_every_ticks);
+            let tick = match (next_update, next_eval) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => break,
+            };
+            if tick >= bound {
+                break;
+            }
+            self.process_tick(tick, out);
+            self.cursor = tick + 1;
+        }
+        if let Some(f) = frontier {
+            self.cursor = self.cursor.max(f);
+        }
+    }
+
+    fn process_tick(&mut self, tick: u64, out: &mut Vec<RiskOutput>) {
+        if tick % self.eval_every_ticks == 0 && !self.open.is_empty() {
+            let now = self.clock.start_of(tick);
+            let ids: Vec<CompactString> = self.open.keys().cloned().collect();
+            for id in ids {
+                self.score_order(&id, now, out);
+            }
+        }
+        let Some(updates) = self.stash.remove(&tick) else { return };
+        let mut outcomes = Vec::new();
+        for u in updates {
+            match u.input {
+                RiskInput::Open { order_id, snapshot, dims, now, ship_within_ms, transit_ms } => {
+                    let fired = self.open.get(&order_id).map_or(0, |o| o.fired);
+                    self.open.insert(order_id.clone(), OpenOrder { route: u.route, snapshot, dims, ship_within_ms, transit_ms, fired });
+                    self.score_order(&order_id, now, out);
+                }
+                RiskInput::Closed { order_id } => {
+                    self.open.remove(&order_id);
+                }
+                other => outcomes.push((u.route, other)),
+            }
+        }
+        for (route, outcome) in outcomes {
+            let stats = self.stats.entry(route).or_default();
+            match outcome {
+                RiskInput::Delivered { late, transit_ms } => stats.add_delivery(late, transit_ms),
+                RiskInput::Shipped { order_to_ship_ms } => stats.add_shipment(order_to_ship_ms),
+                _ => {}
+            }
+        }
+    }
+
+    fn score_order(&mut self, order_id: &CompactString, now: i64, out: &mut Vec<RiskOutput>) {
+        let Some(o) = self.open.get_mut(order_id) else { return };
+        let stats = self.stats.get(&o.route).copied().unwrap_or_default();
+        let p = score(&o.snapshot, &stats, now, o.ship_within_ms, o.transit_ms, &self.spec);
+        let risk_ppm = ppm(p);
+        let mut fact = Fact::new(FactKind::Risk, now, o.dims.clone());
+        fact.set_field(FactField::RiskPpm, risk_ppm);
+        out.push(RiskOutput::Fact(fact));
+        if self.collect_scores {
+            out.push(RiskOutput::Score(RiskScore { order_id: order_id.to_string(), now, risk_ppm }));
+        }
+        let band = if risk_ppm >= self.critical_ppm {
+            2
+        } else if risk_ppm >= self.warn_ppm {
+            1
+        } else {
+            0
+        };
+        if band > o.fired && self.spec.deviations.predicted_delay.enabled {
+            o.fired = band;
+            let (severity, label) = if band == 2 { (Severity::Critical, "critical") } else { (Severity::Warning, "warning") };
+            let hours_left = (o.snapshot.promised_ts - now) as f64 / 3.6e6;
+            let mut evidence = BTreeMap::new();
+            evidence.insert("risk".to_string(), risk_ppm as f64 / 1e6);
+            evidence.insert("hours_to_promise".to_string(), hours_left);
+            evidence.insert("route_deliveries".to_string(), stats.deliveries as f64);
+            evidence.insert("route_late".to_string(), stats.late as f64);
+            out.push(RiskOutput::Deviation(Box::new(Deviation {
+                id: format!("predicted_delay:{order_id}:{label}"),
+                kind: DeviationType::PredictedDelay,
+                severity,
+                order_id: Some(order_id.to_string()),
+                context: dims_context(&o.dims),
+                evidence,
+                summary: format!("order {order_id} likely to miss its promise (risk {:.0}%, {hours_left:.1} h left)", risk_ppm as f64 / 1e4),
+                event_time: now,
+                detected_at: crate::dataflow::wall_clock_ms(),
+            })));
+        }
+    }
+}
