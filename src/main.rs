@@ -1,1 +1,358 @@
-fn main() {}
+//! `fulfillment-ai` command line: run the streaming job, replay a dataset or file, write event
+//! files, validate configuration, and benchmark.
+//!
+//! In: arguments and config files. Out: the job's outputs (stdout summaries, JSONL files under
+//! `--out`). Errors end the process with a message naming what is wrong (file, field, reason).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use fulfillment_ai::bench;
+use fulfillment_ai::config::PipelineSpec;
+use fulfillment_ai::dataflow::{run_job, JobOptions, JobReport, Pacing};
+use fulfillment_ai::sources::chain::{Chain, RateLimited};
+use fulfillment_ai::sources::generator::{GeneratorConfig, GeneratorSource};
+use fulfillment_ai::sources::jsonl::load_jsonl;
+use fulfillment_ai::sources::memory::MemoryPartitions;
+use fulfillment_ai::sources::superstore::{default_dataset_path, superstore_source, SuperstoreConfig};
+use fulfillment_ai::sources::Source;
+
+#[derive(Parser)]
+#[command(name = "fulfillment-ai", version, about = "Streaming order-fulfillment monitor: live KPIs, risk and deviations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the streaming job. Default source: the Superstore history at full speed, then live
+    /// generated orders at --rate events/s, until interrupted.
+    Run(RunArgs),
+    /// Replay a finite source (superstore, generator, or a JSONL file) and print a summary.
+    Replay(ReplayArgs),
+    /// Write a source's events to a JSONL file.
+    Generate(GenerateArgs),
+    /// Validate the pipeline spec and print its KPIs.
+    Validate(PipelineArg),
+    /// Measure throughput, memory and risk-score quality.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct PipelineArg {
+    /// Pipeline spec file.
+    #[arg(long, default_value = "pipelines/fulfillment.yaml")]
+    pipeline: PathBuf,
+}
+
+#[derive(Args, Clone)]
+struct JobArgs {
+    #[command(flatten)]
+    pipeline: PipelineArg,
+    /// Timely worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Directory for kpis.jsonl, deviations.jsonl, dead_letters.jsonl, late_events.jsonl.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Replay pace: `max`, or event-time speed-up like `1x` (original pace) or `3600x`.
+    #[arg(long, default_value = "max")]
+    speed: String,
+    /// Print every deviation and final global KPI as it happens.
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    /// `default`, `superstore`, `generator`, or `jsonl:PATH`.
+    #[arg(long, default_value = "default")]
+    source: String,
+    /// Live generator rate in events per second (default source and `generator`).
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Stop after this many seconds (default: run until interrupted or the source ends).
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    /// `superstore`, `generator`, or a path to a JSONL file.
+    source: String,
+    /// Events per partition for `generator`.
+    #[arg(long, default_value_t = 50_000)]
+    events: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    pipeline: PipelineArg,
+    /// `superstore` or `generator`.
+    #[arg(long, default_value = "generator")]
+    source: String,
+    /// Events per partition for `generator`.
+    #[arg(long, default_value_t = 10_000)]
+    events: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    pipeline: PipelineArg,
+    /// Total generated events for the throughput runs.
+    #[arg(long, default_value_t = 3_000_000)]
+    events: usize,
+    /// Worker counts to measure, comma separated.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// Also evaluate the risk score on the Superstore replay and a generated stream.
+    #[arg(long)]
+    risk_quality: bool,
+    /// Skip the throughput runs.
+    #[arg(long)]
+    no_throughput: bool,
+    /// Print results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn real_main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Run(a) => run(a),
+        Command::Replay(a) => replay(a),
+        Command::Generate(a) => generate(a),
+        Command::Validate(a) => validate(a),
+        Command::Bench(a) => bench_cmd(a),
+    }
+}
+
+fn load_spec(p: &PipelineArg) -> Result<PipelineSpec> {
+    Ok(PipelineSpec::load(&p.pipeline)?)
+}
+
+fn parse_speed(s: &str) -> Result<Pacing> {
+    if s == "max" {
+        return Ok(Pacing::MaxSpeed);
+    }
+    match s.strip_suffix('x').and_then(|n| n.parse::<f64>().ok()) {
+        Some(f) if f > 0.0 => Ok(Pacing::Scaled(f)),
+        _ => bail!("--speed `{s}`: use `max` or a speed-up like `1x` or `3600x`"),
+    }
+}
+
+fn superstore(spec: &PipelineSpec) -> Result<MemoryPartitions> {
+    let path = default_dataset_path();
+    superstore_source(&path, spec, &SuperstoreConfig::default()).with_context(|| "loading the Superstore dataset (run scripts/setup.sh to fetch it)")
+}
+
+/// The generator as the CLI uses it: one order per minute per partition in event time, so a
+/// replay spans weeks and most orders complete within it.
+fn generator(spec: &PipelineSpec, seed: u64, start_ms: Option<i64>, per_partition: Option<u64>) -> GeneratorSource {
+    let mut cfg = GeneratorConfig {
+        seed,
+        partitions: spec.time.partitions,
+        orders_per_partition: per_partition,
+        order_interval_ms: 60_000,
+        ..GeneratorConfig::default()
+    };
+    if let Some(start) = start_ms {
+        cfg.start_ms = start;
+    }
+    GeneratorSource::new(cfg, spec)
+}
+
+fn latest_ts(input: &MemoryPartitions) -> Option<i64> {
+    (0..input.partitions_len()).flat_map(|p| input.partition_events(p)).filter_map(|raw| fulfillment_ai::model::decode_event(raw).ok()).map(|e| e.ts).max()
+}
+
+fn job_options(a: &JobArgs) -> Result<JobOptions> {
+    Ok(JobOptions {
+        workers: a.workers,
+        pacing: parse_speed(&a.speed)?,
+        out_dir: Some(a.out.clone()),
+        keep_in_memory: false,
+        echo: a.verbose,
+        ..JobOptions::default()
+    })
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let spec = load_spec(&a.job.pipeline)?;
+    let source: Arc<dyn Source> = match a.source.as_str() {
+        "default" => {
+            let history = superstore(&spec)?;
+            let start = latest_ts(&history).unwrap_or(0) + 3_600_000;
+            let live = RateLimited::new(Arc::new(generator(&spec, 7, Some(start), None)), a.rate);
+            Arc::new(Chain::new(Arc::new(history), Arc::new(live)).map_err(anyhow::Error::msg)?)
+        }
+        "superstore" => Arc::new(superstore(&spec)?),
+        "generator" => Arc::new(RateLimited::new(Arc::new(generator(&spec, 7, None, None)), a.rate)),
+        other => match other.strip_prefix("jsonl:") {
+            Some(path) => Arc::new(load_jsonl(path.as_ref(), spec.time.partitions).with_context(|| format!("reading {path}"))?),
+            None => bail!("--source `{other}`: use default, superstore, generator or jsonl:PATH"),
+        },
+    };
+    let opts = job_options(&a.job)?;
+    println!("fulfillment-ai: {} with {} workers", source.describe(), opts.workers);
+    println!("  pipeline   {}", a.job.pipeline.pipeline.display());
+    println!("  KPIs       {}/kpis.jsonl  (every version; `final: true` closes a window)", a.job.out.display());
+    println!("  deviations {}/deviations.jsonl", a.job.out.display());
+    println!("  rejects    {}/dead_letters.jsonl, {}/late_events.jsonl", a.job.out.display(), a.job.out.display());
+    println!("  follow     tail -f {}/deviations.jsonl   (stop with Ctrl-C)", a.job.out.display());
+    if let Some(secs) = a.seconds {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(secs));
+            println!("fulfillment-ai: --seconds {secs} reached, stopping");
+            std::process::exit(0);
+        });
+    }
+    let report = run_job(&spec, source, &opts)?;
+    print_summary(&report, &a.job.out);
+    Ok(())
+}
+
+fn replay(a: ReplayArgs) -> Result<()> {
+    let spec = load_spec(&a.job.pipeline)?;
+    let input = match a.source.as_str() {
+        "superstore" => superstore(&spec)?,
+        "generator" => generator(&spec, a.seed, None, None).materialize(Some(a.events)),
+        path => load_jsonl(path.as_ref(), spec.time.partitions).with_context(|| format!("reading {path}"))?,
+    };
+    let opts = job_options(&a.job)?;
+    println!("fulfillment-ai: replaying {} with {} workers -> {}", input.describe(), opts.workers, a.job.out.display());
+    let report = run_job(&spec, Arc::new(input), &opts)?;
+    print_summary(&report, &a.job.out);
+    Ok(())
+}
+
+fn print_summary(r: &JobReport, out: &std::path::Path) {
+    let c = &r.counters;
+    println!(
+        "done in {:.2}s: {} events ({} accepted, {} dead-lettered, {} late, {} duplicates), {} facts, {} KPI updates ({} final), {} deviations",
+        r.elapsed.as_secs_f64(),
+        c.received,
+        c.accepted,
+        c.dead_lettered,
+        c.late,
+        c.duplicates,
+        c.facts,
+        c.kpi_updates,
+        c.final_kpis,
+        c.deviations
+    );
+    println!("outputs in {}/", out.display());
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let spec = load_spec(&a.pipeline)?;
+    let input = match a.source.as_str() {
+        "superstore" => superstore(&spec)?,
+        "generator" => generator(&spec, a.seed, None, None).materialize(Some(a.events)),
+        other => bail!("--source `{other}`: use superstore or generator"),
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?);
+    use std::io::Write;
+    let mut n = 0;
+    // Interleave partitions so the file is roughly in event-time order.
+    let mut iters: Vec<_> = (0..input.partitions_len()).map(|p| input.partition_events(p)).collect();
+    loop {
+        let mut any = false;
+        for it in iters.iter_mut() {
+            if let Some(e) = it.next() {
+                out.write_all(e)?;
+                out.write_all(b"\n")?;
+                n += 1;
+                any = true;
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    out.flush()?;
+    println!("wrote {n} events to {}", a.out.display());
+    Ok(())
+}
+
+fn validate(a: PipelineArg) -> Result<()> {
+    let spec = load_spec(&a)?;
+    println!("{}: valid, {} KPIs", a.pipeline.display(), spec.compiled.len());
+    for k in &spec.compiled {
+        let sets: Vec<String> = k.dimension_sets.iter().map(|s| if s.is_empty() { "global".into() } else { s.iter().map(|d| d.as_str()).collect::<Vec<_>>().join("+") }).collect();
+        println!("  {:<26} {:?} windows of {:?} by {}", k.name, std::mem::discriminant(&k.measure), k.window.size, sets.join(", "));
+    }
+    Ok(())
+}
+
+fn bench_cmd(a: BenchArgs) -> Result<()> {
+    let spec = load_spec(&a.pipeline)?;
+    let mut results = serde_json::Map::new();
+    if !a.no_throughput {
+        let per_partition = a.events.div_ceil(spec.time.partitions as usize);
+        eprintln!("generating {} events ...", per_partition * spec.time.partitions as usize);
+        let input = generator(&spec, 11, None, None).materialize(Some(per_partition));
+        let mut rows = Vec::new();
+        for &w in &a.workers {
+            let r = bench::throughput(&spec, &input, w);
+            if !a.json {
+                println!(
+                    "workers={} events={} time={:.2}s rate={:.0} events/s ({:.1} MB/s) peak_rss={:.0} MB peak_live_orders={} bytes/live_order<={:.0}",
+                    r.workers, r.events, r.seconds, r.events_per_sec, r.mb_per_sec, r.peak_rss_mb, r.peak_live_orders, r.bytes_per_live_order
+                );
+            }
+            rows.push(r);
+        }
+        if rows.len() >= 2 && !a.json {
+            println!("speed-up {} -> {} workers: {:.2}x", rows[0].workers, rows[rows.len() - 1].workers, rows[rows.len() - 1].events_per_sec / rows[0].events_per_sec);
+        }
+        results.insert("throughput".into(), serde_json::to_value(&rows)?);
+    }
+    if a.risk_quality {
+        let mut quality = serde_json::Map::new();
+        let inputs = [("superstore", superstore(&spec)?), ("generator", generator(&spec, 5, None, None).materialize(Some(25_000)))];
+        for (name, input) in inputs {
+            let (q, _) = bench::evaluate_risk(&spec, &input);
+            if !a.json {
+                println!(
+                    "risk[{name}]: orders={} late={} AUC@shipment={:.3} AUC(max before outcome)={:.3} warn(>={}) precision={:.3} recall={:.3} critical(>={}) precision={:.3} recall={:.3}",
+                    q.orders, q.late_orders, q.auc_at_shipment, q.auc_max_before_outcome, q.warn.threshold, q.warn.precision, q.warn.recall, q.critical.threshold, q.critical.precision, q.critical.recall
+                );
+            }
+            quality.insert(name.into(), serde_json::to_value(&q)?);
+        }
+        results.insert("risk_quality".into(), serde_json::Value::Object(quality));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    Ok(())
+}

@@ -265,8 +265,6 @@ pub struct RiskSpec {
     pub prior_late_rate: f64,
     /// Weight of the prior, in deliveries.
     pub prior_weight: f64,
-    /// Open orders are re-scored at every multiple of this in event time.
-    pub eval_interval: Duration,
     /// Risk bands: at or above `warn` is a warning, at or above `critical` is critical.
     pub warn: f64,
     pub critical: f64,
@@ -423,9 +421,6 @@ impl PipelineSpec {
         }
         if !(0.0 < r.warn && r.warn <= r.critical && r.critical <= 1.0) {
             return Err(err("risk.warn".into(), "need 0 < warn <= critical <= 1".into()));
-        }
-        if r.eval_interval.ms() <= 0 || r.eval_interval.ms() % t.tick.ms() != 0 {
-            return Err(err("risk.eval_interval".into(), "must be a positive multiple of time.tick".into()));
         }
         if r.weights.slack_scale.ms() <= 0 {
             return Err(err("risk.weights.slack_scale".into(), "must be positive".into()));

@@ -311,7 +311,7 @@ impl CellState {
             evidence.insert("count".to_string(), rec.denominator as f64);
             out.push(KpiOutput::Deviation(Box::new(kpi_deviation(DeviationType::KpiThresholdBreach, severity, kpi, &rec, evidence))));
         }
-        if self.anomaly_kpis[key.kpi as usize] {
+        if self.anomaly_kpis[key.kpi as usize] && rec.status != KpiStatus::Unrated {
             if let Some(v) = rec.value {
                 let rule = &spec.deviations.anomaly;
                 let series = (key.kpi, key.dimset, key.labels_hash);

@@ -161,7 +161,7 @@ pub fn run_job(spec: &PipelineSpec, source: Arc<dyn Source>, opts: &JobOptions) 
         facts: c.facts.load(Ordering::Relaxed),
         deviations: c.deviations.load(Ordering::Relaxed),
         kpi_updates: collected.kpi_updates,
-        final_kpis: collected.final_kpis.len() as u64,
+        final_kpis: collected.final_count,
     };
     Ok(JobReport {
         final_kpis: collected.final_kpis,

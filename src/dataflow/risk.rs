@@ -5,9 +5,10 @@
 //! [`RiskOutput`]s: a `risk` fact per score (feeding the segment risk KPI), `predicted_delay`
 //! deviations when a score first reaches a band, and optionally the scores themselves.
 //!
-//! Tick order (docs/SEMANTICS.md section 5): at tick `t`, first the periodic scores of an eval
-//! point (state before `t`), then the scores of orders updated in `t`, then `t`'s outcomes enter
-//! the statistics. A score therefore never sees the outcome it predicts.
+//! Tick order (docs/SEMANTICS.md section 5): at tick `t`, first the scores of orders updated in
+//! `t`, then the band checks due in `t` (an order is re-scored at the moment its score would reach
+//! the next band if nothing changed), then `t`'s outcomes enter the statistics. A score therefore
+//! never sees the outcome it predicts, and an order costs a few scores, not one per time step.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::pipeline::{PipelineSpec, Severity};
 use crate::dataflow::orders::{dims_context, RiskInput, RiskUpdate, Route};
-use crate::dataflow::risk_model::{score, RiskSnapshot, RouteStats};
+use crate::dataflow::risk_model::{crossing_time, score, RiskSnapshot, RouteStats};
 use crate::model::facts::{ppm, Dims, Fact, FactField, FactKind};
 use crate::model::records::{Deviation, DeviationType};
 use crate::model::time::TickClock;
@@ -45,38 +46,37 @@ struct OpenOrder {
     transit_ms: i64,
     /// Highest band already reported: 0 none, 1 warning, 2 critical.
     fired: u8,
+    /// The pending band check, if any (event time).
+    check_at: Option<i64>,
 }
 
 pub struct RiskState {
     spec: std::sync::Arc<PipelineSpec>,
     clock: TickClock,
-    eval_every_ticks: u64,
     warn_ppm: i64,
     critical_ppm: i64,
     collect_scores: bool,
     stats: FxHashMap<Route, RouteStats>,
     open: FxHashMap<CompactString, OpenOrder>,
     stash: BTreeMap<u64, Vec<RiskUpdate>>,
-    /// First tick not yet processed.
-    cursor: u64,
+    /// Band checks by tick: (check time, order). Stale entries are skipped.
+    checks: BTreeMap<u64, Vec<(i64, CompactString)>>,
 }
 
 impl RiskState {
     pub fn new(spec: std::sync::Arc<PipelineSpec>, collect_scores: bool) -> Self {
         let clock = TickClock { tick_ms: spec.time.tick.ms() };
-        let eval_every_ticks = (spec.risk.eval_interval.ms() / clock.tick_ms) as u64;
         let (warn_ppm, critical_ppm) = (ppm(spec.risk.warn), ppm(spec.risk.critical));
         RiskState {
             spec,
             clock,
-            eval_every_ticks,
             warn_ppm,
             critical_ppm,
             collect_scores,
             stats: FxHashMap::default(),
             open: FxHashMap::default(),
             stash: BTreeMap::new(),
-            cursor: 0,
+            checks: BTreeMap::new(),
         }
     }
 
@@ -88,14 +88,13 @@ impl RiskState {
         self.stash.entry(update.tick).or_default().push(update);
     }
 
-    /// Processes every tick `< frontier` (all, if `None`) that has updates or is an eval point
-    /// with open orders.
+    /// Processes every tick `< frontier` (all, if `None`) that has updates or band checks.
     pub fn advance(&mut self, frontier: Option<u64>, out: &mut Vec<RiskOutput>) {
         let bound = frontier.unwrap_or(u64::MAX);
         loop {
             let next_update = self.stash.keys().next().copied();
-            let next_eval = (!self.open.is_empty()).then(|| self.cursor.div_ceil(self.eval_every_ticks) * self.eval_every_ticks);
-            let tick = match (next_update, next_eval) {
+            let next_check = self.checks.keys().next().copied();
+            let tick = match (next_update, next_check) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) => a,
                 (None, Some(b)) => b,
@@ -105,34 +104,33 @@ impl RiskState {
                 break;
             }
             self.process_tick(tick, out);
-            self.cursor = tick + 1;
-        }
-        if let Some(f) = frontier {
-            self.cursor = self.cursor.max(f);
         }
     }
 
     fn process_tick(&mut self, tick: u64, out: &mut Vec<RiskOutput>) {
-        if tick % self.eval_every_ticks == 0 && !self.open.is_empty() {
-            let now = self.clock.start_of(tick);
-            let ids: Vec<CompactString> = self.open.keys().cloned().collect();
-            for id in ids {
-                self.score_order(&id, now, out);
+        let mut outcomes = Vec::new();
+        if let Some(updates) = self.stash.remove(&tick) {
+            for u in updates {
+                match u.input {
+                    RiskInput::Open { order_id, snapshot, dims, now, ship_within_ms, transit_ms } => {
+                        let fired = self.open.get(&order_id).map_or(0, |o| o.fired);
+                        self.open.insert(order_id.clone(), OpenOrder { route: u.route, snapshot, dims, ship_within_ms, transit_ms, fired, check_at: None });
+                        self.score_order(&order_id, now, out);
+                    }
+                    RiskInput::Closed { order_id } => {
+                        self.open.remove(&order_id);
+                    }
+                    other => outcomes.push((u.route, other)),
+                }
             }
         }
-        let Some(updates) = self.stash.remove(&tick) else { return };
-        let mut outcomes = Vec::new();
-        for u in updates {
-            match u.input {
-                RiskInput::Open { order_id, snapshot, dims, now, ship_within_ms, transit_ms } => {
-                    let fired = self.open.get(&order_id).map_or(0, |o| o.fired);
-                    self.open.insert(order_id.clone(), OpenOrder { route: u.route, snapshot, dims, ship_within_ms, transit_ms, fired });
-                    self.score_order(&order_id, now, out);
+        // Band checks due in this tick (scoring may schedule more in the same tick).
+        while let Some(mut due) = self.checks.remove(&tick) {
+            due.sort();
+            for (at, order_id) in due {
+                if self.open.get(&order_id).is_some_and(|o| o.check_at == Some(at)) {
+                    self.score_order(&order_id, at, out);
                 }
-                RiskInput::Closed { order_id } => {
-                    self.open.remove(&order_id);
-                }
-                other => outcomes.push((u.route, other)),
             }
         }
         for (route, outcome) in outcomes {
@@ -163,7 +161,7 @@ impl RiskState {
         } else {
             0
         };
-        if band > o.fired && self.spec.deviations.predicted_delay.enabled {
+        if band > o.fired && now <= o.snapshot.promised_ts && self.spec.deviations.predicted_delay.enabled {
             o.fired = band;
             let (severity, label) = if band == 2 { (Severity::Critical, "critical") } else { (Severity::Warning, "warning") };
             let hours_left = (o.snapshot.promised_ts - now) as f64 / 3.6e6;
@@ -183,6 +181,16 @@ impl RiskState {
                 event_time: now,
                 detected_at: crate::dataflow::wall_clock_ms(),
             })));
+        }
+        // Next band check: when the score would reach the next band if nothing changes.
+        let target = match o.fired {
+            0 => Some(self.warn_ppm),
+            1 => Some(self.critical_ppm),
+            _ => None,
+        };
+        o.check_at = target.and_then(|t| crossing_time(&o.snapshot, &stats, now, o.ship_within_ms, o.transit_ms, &self.spec, t)).filter(|&at| at > now);
+        if let Some(at) = o.check_at {
+            self.checks.entry(self.clock.tick_of(at)).or_default().push((at, order_id.clone()));
         }
     }
 }

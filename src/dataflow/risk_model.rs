@@ -81,6 +81,31 @@ pub fn score(s: &RiskSnapshot, route: &RouteStats, now: i64, ship_within_ms: i64
     1.0 / (1.0 + (-x).exp())
 }
 
+/// The earliest event time in `[now, promised_ts]` at which the quantised score reaches
+/// `threshold_ppm` if nothing about the order or its route changes, or `None` if it does not
+/// before the promise. The score is non-decreasing in `now` for a fixed snapshot (time left
+/// shrinks at least as fast as the expected remaining time), so a binary search finds it.
+pub fn crossing_time(s: &RiskSnapshot, route: &RouteStats, now: i64, ship_within_ms: i64, transit_ms: i64, spec: &PipelineSpec, threshold_ppm: i64) -> Option<i64> {
+    let reaches = |t: i64| crate::model::facts::ppm(score(s, route, t, ship_within_ms, transit_ms, spec)) >= threshold_ppm;
+    if now > s.promised_ts || !reaches(s.promised_ts) {
+        return None;
+    }
+    let (mut lo, mut hi) = (now, s.promised_ts);
+    if reaches(lo) {
+        return Some(lo);
+    }
+    // Invariant: !reaches(lo), reaches(hi).
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if reaches(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Some(hi)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +128,23 @@ mod tests {
         // Less time left for the same remaining work means more risk.
         assert!(score(&s, &calm, 4 * day, day, 2 * day, &spec) > score(&s, &calm, day, day, 2 * day, &spec));
         assert_eq!(score(&s, &calm, 5 * day + 1, day, 2 * day, &spec), 1.0);
+    }
+
+    #[test]
+    fn crossing_time_is_the_first_moment_the_band_is_reached() {
+        let spec = PipelineSpec::builtin();
+        let day = 86_400_000;
+        let calm = RouteStats { deliveries: 200, late: 4, ..Default::default() };
+        let s = snapshot();
+        let warn = crate::model::facts::ppm(spec.risk.warn);
+        let t = crossing_time(&s, &calm, 0, day, 2 * day, &spec, warn).expect("reached before the promise");
+        assert!(t > 0 && t <= s.promised_ts);
+        let p = |t| crate::model::facts::ppm(score(&s, &calm, t, day, 2 * day, &spec));
+        assert!(p(t) >= warn && p(t - 1) < warn);
+        // Already beyond the band: now.
+        assert_eq!(crossing_time(&s, &calm, t + 10, day, 2 * day, &spec, warn), Some(t + 10));
+        // Never reached at an impossible threshold, and no crossing after the promise.
+        assert_eq!(crossing_time(&s, &calm, 0, day, 2 * day, &spec, 1_000_001), None);
+        assert_eq!(crossing_time(&s, &calm, s.promised_ts + 1, day, 2 * day, &spec, warn), None);
     }
 }

@@ -48,6 +48,7 @@ pub enum SinkMessage {
 #[derive(Default)]
 pub struct Collected {
     pub final_kpis: Vec<KpiRecord>,
+    pub final_count: u64,
     pub kpi_updates: u64,
     pub deviations: Vec<Deviation>,
     pub dead_letters: Vec<DeadLetter>,
@@ -98,6 +99,7 @@ pub fn collect(rx: crossbeam_channel::Receiver<SinkMessage>, opts: CollectorOpti
                         write_line(&mut f.kpis, &r)?;
                     }
                     if r.is_final {
+                        c.final_count += 1;
                         if opts.echo && r.dims.is_empty() {
                             println!(
                                 "KPI {:<26} window {} value {} ({:?})",

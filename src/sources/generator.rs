@@ -59,6 +59,10 @@ const REGION_CARRIER_BIAS: [[f64; 4]; 5] =
 const TRANSIT_MEDIAN_H: [f64; 5] = [72.0, 44.0, 26.0, 7.0, 60.0];
 const REGION_TRANSIT: [f64; 5] = [1.0, 0.97, 1.05, 1.08, 1.0];
 const CARRIER_TRANSIT: [f64; 4] = [0.95, 0.92, 1.08, 1.0];
+/// Probability and median length of a major transit delay (calibrated so that, with the service
+/// levels of pipelines/fulfillment.yaml, roughly 88% of deliveries keep their promise).
+const MAJOR_DELAY_P: f64 = 0.15;
+const MAJOR_DELAY_MEDIAN_H: f64 = 100.0;
 /// (region, carrier) with a slower median and a much fatter late tail.
 const WEAK_ROUTE: (usize, usize) = (3, 2);
 
@@ -153,7 +157,7 @@ impl Disruptions for Undisturbed {}
 fn chance(rng: &mut ChaCha8Rng, p: f64) -> bool {
     rng.gen::<f64>() < p
 }
-fn pick<const N: usize>(rng: &mut ChaCha8Rng, weights: &[f64; N]) -> usize {
+pub(crate) fn pick<const N: usize>(rng: &mut ChaCha8Rng, weights: &[f64; N]) -> usize {
     let mut x = rng.gen::<f64>() * weights.iter().sum::<f64>();
     for (i, w) in weights.iter().enumerate() {
         if x < *w {
@@ -199,7 +203,7 @@ pub(crate) fn simulate(rng: &mut ChaCha8Rng, plan: &Plan, dis: &impl Disruptions
     let promised_ts = created + plan.service.0 + plan.service.1;
     let carrier = choose_carrier(rng, mode, region);
     let outcome = Outcome { promised_ts, carrier, tracking: rng.gen() };
-    let mut push = |out: &mut Vec<SimEvent>, ts: i64, step: Step| out.push(SimEvent { ts, step });
+    let push = |out: &mut Vec<SimEvent>, ts: i64, step: Step| out.push(SimEvent { ts, step });
     push(out, created, Step::Created);
 
     // Payment: ~3% fail; most are retried successfully hours later, the rest are cancelled.
@@ -231,10 +235,15 @@ pub(crate) fn simulate(rng: &mut ChaCha8Rng, plan: &Plan, dis: &impl Disruptions
     // Transit: log-normal around the route's median, with a late tail and rare exceptions.
     let weak = (region, carrier) == WEAK_ROUTE;
     let median_h = TRANSIT_MEDIAN_H[mode] * REGION_TRANSIT[region] * CARRIER_TRANSIT[carrier] * if weak { 1.25 } else { 1.0 };
-    let mut transit = (median_h * HOUR as f64 * (0.25 * normal(rng)).exp()) as i64;
-    let (tail_p, tail_mean_h) = if weak { (0.28, 40.0) } else { (0.06, 30.0) };
-    if chance(rng, tail_p) {
-        transit += (exponential(rng) * tail_mean_h * HOUR as f64) as i64;
+    let mut transit = (median_h * HOUR as f64 * (0.3 * normal(rng)).exp()) as i64;
+    // Minor hold-ups (a missed sort, a day in a depot) are mostly absorbed by the promise;
+    // major ones (network congestion, a misroute) run for days and usually break it.
+    let (minor_p, major_p) = if weak { (0.25, MAJOR_DELAY_P * 2.6) } else { (0.15, MAJOR_DELAY_P) };
+    if chance(rng, minor_p) {
+        transit += (exponential(rng) * 20.0 * HOUR as f64) as i64;
+    }
+    if chance(rng, major_p) {
+        transit += (MAJOR_DELAY_MEDIAN_H * HOUR as f64 * (0.45 * normal(rng)).exp()) as i64;
     }
     transit = transit.max(30 * MINUTE);
     let mut last = shipped;
@@ -432,23 +441,17 @@ impl GeneratorSource {
             cfg.orders_per_partition.is_some() || max_events_per_partition.is_some(),
             "materializing an endless generator needs max_events_per_partition"
         );
-        let parts = (0..cfg.partitions).map(|p| {
-            let mut reader = GeneratorReader::new(self.model.clone(), p);
-            let cap = max_events_per_partition.unwrap_or(usize::MAX);
-            let mut all = RawBatch::default();
-            let mut batch = RawBatch::default();
-            while all.len() < cap {
-                batch.clear();
-                if reader.poll((cap - all.len()).min(4096), &mut batch) == PollStatus::Finished {
-                    break;
-                }
-                for e in batch.iter() {
-                    all.push(e);
-                }
-            }
-            all.iter().map(<[u8]>::to_vec).collect::<Vec<_>>()
-        });
-        MemoryPartitions::new(self.describe(), parts.collect::<Vec<_>>())
+        let cap = max_events_per_partition.unwrap_or(usize::MAX);
+        let parts: Vec<RawBatch> = (0..cfg.partitions)
+            .map(|p| {
+                let mut reader = GeneratorReader::new(self.model.clone(), p);
+                let mut all = RawBatch::default();
+                // `poll` appends, so the whole partition accumulates in one batch.
+                while all.len() < cap && reader.poll((cap - all.len()).min(1 << 16), &mut all) != PollStatus::Finished {}
+                all
+            })
+            .collect();
+        MemoryPartitions::new(self.describe(), parts.iter().map(RawBatch::iter))
     }
 }
 
@@ -870,4 +873,266 @@ fn write_event(buf: &mut Vec<u8>, partition: u32, o: &OrderSlot, p: &Pending, ba
         }
     }
     buf.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::model::{decode_event, DecodeError, EventBody, OrderEvent};
+
+    fn spec() -> PipelineSpec {
+        PipelineSpec::builtin()
+    }
+
+    fn small(seed: u64) -> GeneratorConfig {
+        GeneratorConfig { seed, partitions: 3, orders_per_partition: Some(3_000), order_interval_ms: 60_000, ..GeneratorConfig::default() }
+    }
+
+    fn lines(m: &MemoryPartitions, p: usize) -> Vec<Vec<u8>> {
+        m.partition_events(p).map(<[u8]>::to_vec).collect()
+    }
+
+    fn decode_all(m: &MemoryPartitions) -> Vec<OrderEvent> {
+        (0..m.partitions() as usize).flat_map(|p| m.partition_events(p).map(|l| decode_event(l).unwrap()).collect::<Vec<_>>()).collect()
+    }
+
+    /// Per order: (region, promised, created ts, carrier, shipped ts, delivered ts).
+    #[derive(Default, Debug)]
+    struct View {
+        region: String,
+        warehouse: String,
+        promised: i64,
+        created: i64,
+        carrier: String,
+        shipped: Option<i64>,
+        delivered: Option<i64>,
+    }
+
+    fn views(events: &[OrderEvent]) -> HashMap<String, View> {
+        let mut out: HashMap<String, View> = HashMap::new();
+        for e in events {
+            let v = out.entry(e.order_id.to_string()).or_default();
+            match &e.body {
+                EventBody::OrderCreated(c) => {
+                    (v.region, v.warehouse, v.promised, v.created) = (c.region.to_string(), c.warehouse.to_string(), c.promised_delivery_ts, e.ts)
+                }
+                EventBody::Shipped { carrier, .. } => (v.carrier, v.shipped) = (carrier.to_string(), Some(e.ts)),
+                EventBody::Delivered { .. } => v.delivered = Some(e.ts),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// On-time rate of delivered orders matching `keep`.
+    fn on_time(views: &HashMap<String, View>, keep: impl Fn(&View) -> bool) -> (f64, usize) {
+        let hits: Vec<bool> = views.values().filter(|v| keep(v)).filter_map(|v| v.delivered.map(|d| d <= v.promised)).collect();
+        (hits.iter().filter(|h| **h).count() as f64 / hits.len().max(1) as f64, hits.len())
+    }
+
+    #[test]
+    fn same_seed_same_bytes_different_seed_different_bytes() {
+        let a = GeneratorSource::new(small(1), &spec()).materialize(None);
+        let b = GeneratorSource::new(small(1), &spec()).materialize(None);
+        let c = GeneratorSource::new(small(2), &spec()).materialize(None);
+        for p in 0..3 {
+            assert_eq!(lines(&a, p), lines(&b, p));
+            assert_ne!(lines(&a, p), lines(&c, p));
+        }
+        assert_ne!(lines(&a, 0), lines(&a, 1), "partitions are independent streams");
+    }
+
+    #[test]
+    fn every_line_decodes_and_orders_are_sane() {
+        let m = GeneratorSource::new(small(3), &spec()).materialize(None);
+        let events = decode_all(&m);
+        assert!(events.len() > 3 * 3_000 * 7, "{} events", events.len());
+        let mut by_order: HashMap<&str, Vec<&OrderEvent>> = HashMap::new();
+        for e in &events {
+            by_order.entry(e.order_id.as_str()).or_default().push(e);
+        }
+        assert_eq!(by_order.len(), 9_000);
+        for (id, evs) in &mut by_order {
+            evs.sort_by_key(|e| e.ts);
+            assert!(matches!(evs[0].body, EventBody::OrderCreated(_)), "{id} does not start with order_created");
+        }
+        for p in 0..3 {
+            let prefix = format!("g{p}-");
+            assert!(m.partition_events(p).all(|l| decode_event(l).unwrap().order_id.starts_with(&prefix)));
+        }
+        let v = views(&events);
+        for (id, o) in &v {
+            if let Some(d) = o.delivered {
+                assert!(d > o.shipped.unwrap() && o.shipped.unwrap() > o.created, "{id}: {o:?}");
+            }
+        }
+        let (rate, n) = on_time(&v, |_| true);
+        assert!(n > 8_500 && (0.83..0.94).contains(&rate), "on-time {rate} over {n}");
+        let (south_usps, _) = on_time(&v, |o| o.region == "South" && o.carrier == "USPS");
+        assert!(south_usps < rate - 0.1, "the weak route stands out: {south_usps} vs {rate}");
+    }
+
+    #[test]
+    fn disorder_is_bounded_per_partition_and_duplicates_stay_within_it() {
+        let cfg = GeneratorConfig { duplicate_rate: 0.03, disorder_ms: 5 * MINUTE, ..small(4) };
+        let m = GeneratorSource::new(cfg, &spec()).materialize(None);
+        let (mut total, mut dups, mut disordered) = (0, 0, 0);
+        for p in 0..3 {
+            let mut max_ts = i64::MIN / 2;
+            let mut seen = std::collections::HashSet::new();
+            for e in m.partition_events(p).map(|l| decode_event(l).unwrap()) {
+                assert!(e.ts >= max_ts - 5 * MINUTE, "partition {p}: {} is {} ms behind", e.event_id, max_ts - e.ts);
+                disordered += usize::from(e.ts < max_ts);
+                max_ts = max_ts.max(e.ts);
+                dups += usize::from(!seen.insert(e.event_id));
+                total += 1;
+            }
+        }
+        let rate = dups as f64 / total as f64;
+        assert!((0.025..0.035).contains(&rate), "duplicate rate {rate}");
+        assert!(disordered > total / 20, "the stream is actually disordered ({disordered} of {total})");
+    }
+
+    #[test]
+    fn malformed_lines_fail_with_their_intended_reason() {
+        let clean = GeneratorSource::new(small(5), &spec()).materialize(None);
+        let dirty = GeneratorSource::new(GeneratorConfig { malformed_rate: 0.05, ..small(5) }, &spec()).materialize(None);
+        let mut kinds: HashMap<&str, usize> = HashMap::new();
+        let mut total = 0;
+        for p in 0..3 {
+            let (c, d) = (lines(&clean, p), lines(&dirty, p));
+            assert_eq!(c.len(), d.len());
+            for (good, line) in c.iter().zip(&d) {
+                total += 1;
+                if good == line {
+                    continue;
+                }
+                let reason = decode_event(line).expect_err("a replaced line must not decode");
+                match &reason {
+                    DecodeError::Malformed(_) => assert!(good.starts_with(line)),
+                    DecodeError::MissingField { field, .. } => assert_eq!(*field, "promised_delivery_ts"),
+                    DecodeError::BadTimestamp { field, .. } => assert_eq!(*field, "ts"),
+                    DecodeError::UnknownType(_) => {}
+                    other => panic!("unintended reason {other} for {}", String::from_utf8_lossy(line)),
+                }
+                *kinds.entry(reason.kind()).or_default() += 1;
+            }
+        }
+        let bad: usize = kinds.values().sum();
+        assert!((0.04..0.06).contains(&(bad as f64 / total as f64)), "{kinds:?} of {total}");
+        assert_eq!(kinds.len(), 4, "{kinds:?}");
+    }
+
+    #[test]
+    fn a_carrier_collapse_drops_that_carriers_on_time_rate_in_that_region() {
+        let (from, to) = (1_704_067_200_000 + 3 * DAY, 1_704_067_200_000 + 5 * DAY);
+        let base = GeneratorConfig { seed: 9, partitions: 2, orders_per_partition: Some(12_000), order_interval_ms: 60_000, ..GeneratorConfig::default() };
+        let collapse = Incident::CarrierCollapse { carrier: "UPS".into(), region: "West".into(), from_ms: from, to_ms: to, extra_delay_ms: 5 * DAY, probability: 0.9 };
+        let hit = GeneratorConfig { incidents: vec![collapse], ..base.clone() };
+        let before = views(&decode_all(&GeneratorSource::new(base, &spec()).materialize(None)));
+        let after = views(&decode_all(&GeneratorSource::new(hit, &spec()).materialize(None)));
+        let in_window = |o: &View| o.shipped.is_some_and(|s| (from..to).contains(&s));
+        let affected = |o: &View| o.carrier == "UPS" && o.region == "West" && in_window(o);
+        let bystander = |o: &View| o.carrier == "UPS" && o.region == "East" && in_window(o);
+        let ((b, n), (a, m)) = (on_time(&before, affected), on_time(&after, affected));
+        assert!(n > 100 && m > 100, "{n} {m} deliveries");
+        assert!(b > 0.8 && a < b - 0.4, "UPS/West on-time {b:.3} -> {a:.3}");
+        let ((b2, _), (a2, _)) = (on_time(&before, bystander), on_time(&after, bystander));
+        assert!((b2 - a2).abs() < 0.08, "UPS/East unaffected: {b2:.3} -> {a2:.3}");
+    }
+
+    #[test]
+    fn a_warehouse_backlog_delays_its_shipments() {
+        let (from, to) = (1_704_067_200_000 + 3 * DAY, 1_704_067_200_000 + 5 * DAY);
+        let backlog = Incident::WarehouseBacklog { warehouse: "WH-EAST-1".into(), from_ms: from, to_ms: to, extra_ship_delay_ms: 2 * DAY };
+        let base = GeneratorConfig { order_interval_ms: 3 * MINUTE, ..small(11) };
+        let hit = GeneratorConfig { incidents: vec![backlog], ..base.clone() };
+        let before = views(&decode_all(&GeneratorSource::new(base, &spec()).materialize(None)));
+        let after = views(&decode_all(&GeneratorSource::new(hit, &spec()).materialize(None)));
+        let shipped_in_window = |v: &HashMap<String, View>, wh: &str| v.values().filter(|o| o.warehouse == wh && o.shipped.is_some_and(|s| (from..to).contains(&s))).count();
+        let mean_ship_hours = |v: &HashMap<String, View>, wh: &str| {
+            let d: Vec<i64> = v.values().filter(|o| o.warehouse == wh).filter_map(|o| o.shipped.map(|s| s - o.created)).collect();
+            d.iter().sum::<i64>() as f64 / d.len().max(1) as f64 / HOUR as f64
+        };
+        let (b1, a1) = (shipped_in_window(&before, "WH-EAST-1"), shipped_in_window(&after, "WH-EAST-1"));
+        let (b2, a2) = (shipped_in_window(&before, "WH-EAST-2"), shipped_in_window(&after, "WH-EAST-2"));
+        assert!(b1 > 100 && a1 * 20 < b1, "WH-EAST-1 shipments during the backlog: {b1} -> {a1}");
+        assert!(a2 * 10 > b2 * 8, "WH-EAST-2 keeps shipping: {b2} -> {a2}");
+        let (h1, h2) = (mean_ship_hours(&before, "WH-EAST-1"), mean_ship_hours(&after, "WH-EAST-1"));
+        assert!(h2 > h1 + 4.0, "WH-EAST-1 order-to-ship hours {h1:.1} -> {h2:.1}");
+    }
+
+    #[test]
+    fn an_endless_partition_is_lazy_and_bounded() {
+        let cfg = GeneratorConfig { orders_per_partition: None, order_interval_ms: 10 * MINUTE, ..GeneratorConfig::default() };
+        let source = GeneratorSource::new(cfg, &spec());
+        let readers = source.readers(1, 2);
+        assert_eq!(readers.iter().map(|r| r.partition()).collect::<Vec<_>>(), vec![1, 3]);
+        let mut reader = GeneratorReader::new(source.model.clone(), 1);
+        let mut batch = RawBatch::default();
+        let (mut offset, mut peak) = (0, [0usize; 3]);
+        for i in 0..150 {
+            batch.clear();
+            assert_eq!(reader.poll(2_000, &mut batch), PollStatus::Ready);
+            assert_eq!((batch.len(), batch.first_offset), (2_000, offset));
+            offset += 2_000;
+            peak[i / 50] = peak[i / 50].max(reader.heap.len() + reader.slots.len());
+        }
+        // ~300k events = ~200 days of event time: the pending state stops growing after a few weeks.
+        assert!(peak[2] < 10_000 && peak[2] * 10 < peak[1] * 13, "pending state per third: {peak:?}");
+    }
+
+    #[test]
+    fn a_finite_partition_finishes() {
+        let cfg = GeneratorConfig { partitions: 1, orders_per_partition: Some(50), ..GeneratorConfig::default() };
+        let mut reader = GeneratorSource::new(cfg, &spec()).readers(0, 1).pop().unwrap();
+        let (mut batch, mut n) = (RawBatch::default(), 0);
+        while reader.poll(64, &mut batch) == PollStatus::Ready {
+            n += batch.len();
+            batch.clear();
+        }
+        assert!(n > 300);
+        assert_eq!(reader.poll(64, &mut batch), PollStatus::Finished);
+    }
+
+    /// `cargo test --release --lib generator_throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn generator_throughput() {
+        let cfg = GeneratorConfig { orders_per_partition: Some(90_000), ..GeneratorConfig::default() };
+        let source = GeneratorSource::new(cfg.clone(), &spec());
+        let start = std::time::Instant::now();
+        let (mut events, mut bytes) = (0, 0);
+        for mut reader in source.readers(0, 1) {
+            let mut batch = RawBatch::default();
+            loop {
+                batch.clear();
+                if reader.poll(4096, &mut batch) == PollStatus::Finished {
+                    break;
+                }
+                (events, bytes) = (events + batch.len(), bytes + batch.data.len());
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!("polled {events} events ({} MB) in {secs:.2} s: {:.0} events/s", bytes >> 20, events as f64 / secs);
+        let start = std::time::Instant::now();
+        let m = GeneratorSource::new(cfg, &spec()).materialize(None);
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!("generated {} events ({} MB) in {secs:.2} s: {:.0} events/s", m.len(), m.bytes() >> 20, m.len() as f64 / secs);
+    }
+}
+#[cfg(test)]
+mod tmp_dump {
+    #[test]
+    #[ignore]
+    fn dump() {
+        use super::*;
+        let cfg = GeneratorConfig { duplicate_rate: 0.02, malformed_rate: 0.01, orders_per_partition: Some(20_000), ..GeneratorConfig::default() };
+        let m = GeneratorSource::new(cfg, &PipelineSpec::builtin()).materialize(None);
+        let mut out = Vec::new();
+        for p in 0..4 { for l in m.partition_events(p) { out.extend_from_slice(l); out.push(b'\n'); } }
+        std::fs::write(std::env::var("DUMP").unwrap(), out).unwrap();
+    }
 }

@@ -56,6 +56,10 @@ impl MemoryPartitions {
     pub fn bytes(&self) -> usize {
         self.parts.iter().map(|p| p.data.len()).sum()
     }
+    /// Number of partitions.
+    pub fn partitions_len(&self) -> usize {
+        self.parts.len()
+    }
     /// Raw events of one partition, in order.
     pub fn partition_events(&self, p: usize) -> impl Iterator<Item = &[u8]> {
         self.parts[p].iter()

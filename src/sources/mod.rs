@@ -6,6 +6,7 @@
 //! line is the ingest stage's to reject.
 
 pub mod error;
+pub mod chain;
 pub mod generator;
 pub mod jsonl;
 pub mod memory;

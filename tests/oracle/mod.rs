@@ -73,7 +73,7 @@ pub fn tick_of(spec: &PipelineSpec, ts: i64) -> i64 {
 pub fn recompute(spec: &PipelineSpec, input: &MemoryPartitions) -> OracleResult {
     let ing = ingest::ingest(spec, input);
     let sim = orders::simulate(spec, &ing.accepted);
-    let scored = risk::score_all(spec, &sim.facts, &sim.score_requests);
+    let scored = risk::score_all(spec, &sim.facts, &sim.risk_tracks);
 
     let mut facts = sim.facts;
     facts.extend(scored.risk_facts);

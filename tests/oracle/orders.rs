@@ -1,13 +1,12 @@
 //! Oracle step 2 (SEMANTICS sections 1-4): every order simulated on its own, tick by tick.
 //!
 //! In: accepted events. Out: facts (all but risk), order deviations (all but predicted_delay),
-//! backlog level changes per tick, risk score requests (the order snapshot at each scoring point)
-//! and the duplicate count.
+//! backlog level changes per tick, each record's risk updates (its state after every tick with
+//! events, and when it was retired) and the duplicate count.
 //!
 //! At a tick `t` of one order: its events with `tick_of(ts) = t` in `(ts, event_id, type ordinal)`
-//! order, then its timers due at `t` in `(deadline, rule)` order, then the risk scoring points, then
-//! the retention check. The ticks visited are the union of event ticks, timer ticks, the retention
-//! tick and, while the order is open, the risk eval points.
+//! order, then its timers due at `t` in `(deadline, rule)` order, then the retention check. The
+//! ticks visited are the union of event ticks, timer ticks and the retention tick.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -29,20 +28,32 @@ pub struct BacklogChange {
     pub delta: i64,
 }
 
-/// An order to be scored: which record, when, and what the risk model sees.
+/// What the risk stage learns about an order record at a tick where it had events: its state
+/// after them.
 #[derive(Clone, Debug)]
-pub struct ScoreRequest {
-    pub order_id: String,
-    /// Incarnation of the order record (a retired order that reappears gets a new one).
-    pub generation: u32,
+pub struct RiskUpdate {
     pub tick: i64,
+    /// ts of the record's last event in the tick.
     pub now: i64,
-    pub snapshot: RiskSnapshot,
-    /// (region, ship_mode, warehouse)
-    pub route: (String, String, String),
+    /// Created, not finished (so scored).
+    pub open: bool,
+    /// Present when created.
+    pub snapshot: Option<RiskSnapshot>,
+    /// (region, ship_mode, warehouse), present when created.
+    pub route: Option<(String, String, String)>,
     pub ship_within_ms: i64,
     pub transit_ms: i64,
     pub dims: Dims,
+}
+
+/// The risk-relevant history of one order record (one incarnation of an order id).
+#[derive(Clone, Debug)]
+pub struct RiskTrack {
+    pub order_id: String,
+    pub generation: u32,
+    pub updates: Vec<RiskUpdate>,
+    /// The tick at whose end the record was retired.
+    pub retired_tick: Option<i64>,
 }
 
 #[derive(Default)]
@@ -50,7 +61,7 @@ pub struct Simulated {
     pub facts: Vec<Fact>,
     pub deviations: Vec<Deviation>,
     pub backlog_changes: Vec<BacklogChange>,
-    pub score_requests: Vec<ScoreRequest>,
+    pub risk_tracks: Vec<RiskTrack>,
     pub duplicates: u64,
 }
 
@@ -79,6 +90,8 @@ struct Created {
 /// One live order record.
 struct Record {
     generation: u32,
+    /// Index of the record's entry in `Simulated::risk_tracks`.
+    track: usize,
     dims: Dims,
     created: Option<Created>,
     shipped_ts: Option<i64>,
@@ -97,9 +110,10 @@ struct Record {
 }
 
 impl Record {
-    fn new(generation: u32) -> Record {
+    fn new(generation: u32, track: usize) -> Record {
         Record {
             generation,
+            track,
             dims: Dims::default(),
             created: None,
             shipped_ts: None,
@@ -193,22 +207,11 @@ impl Sim<'_> {
         tick_of(self.spec, ts)
     }
 
-    fn eval_ticks(&self) -> i64 {
-        self.spec.risk.eval_interval.ms() / self.spec.time.tick.ms()
-    }
-
-    fn is_eval_tick(&self, t: i64) -> bool {
-        t > 0 && t % self.eval_ticks() == 0
-    }
-
     /// The next tick after `t` at which anything happens to the record.
     fn next_record_tick(&self, r: &Record, t: i64) -> i64 {
         let mut next = self.tick(r.last_ts + r.retention_ms(self.spec));
         for timer in &r.timers {
             next = next.min(timer.due_tick);
-        }
-        if r.open_for_risk() {
-            next = next.min((t / self.eval_ticks() + 1) * self.eval_ticks());
         }
         next.max(t + 1)
     }
@@ -231,7 +234,6 @@ impl Sim<'_> {
             }
             last_tick = Some(t);
 
-            let was_open = rec.as_ref().is_some_and(|r| r.open_for_risk());
             // 1. Events of this tick.
             let mut last_event_ts = None;
             while i < events.len() && self.tick(events[i].ts) == t {
@@ -239,7 +241,8 @@ impl Sim<'_> {
                 i += 1;
                 let r = rec.get_or_insert_with(|| {
                     generation += 1;
-                    Record::new(generation)
+                    self.out.risk_tracks.push(RiskTrack { order_id: order_id.to_string(), generation, updates: Vec::new(), retired_tick: None });
+                    Record::new(generation, self.out.risk_tracks.len() - 1)
                 });
                 if !r.seen.insert(e.event_id.to_string()) {
                     self.out.duplicates += 1;
@@ -257,49 +260,42 @@ impl Sim<'_> {
                 let timer = r.timers.remove(k);
                 self.fire(order_id, r, timer);
             }
-            // 3. Risk scoring points: the event score first, then the eval point.
+            // 3. The risk stage learns the state after this tick's events.
             if let Some(now) = last_event_ts {
-                if r.open_for_risk() {
-                    self.request_score(order_id, r, t, now);
-                }
-            }
-            if was_open && self.is_eval_tick(t) {
-                let now = t * self.spec.time.tick.ms();
-                self.request_score(order_id, r, t, now);
+                self.risk_update(r, t, now);
             }
             // 4. Retention.
             if self.tick(r.last_ts + r.retention_ms(self.spec)) <= t {
                 if r.in_backlog {
                     self.backlog(&r.dims, t, -1);
                 }
+                self.out.risk_tracks[r.track].retired_tick = Some(t);
                 rec = None;
             }
         }
     }
 
-    fn request_score(&mut self, order_id: &str, r: &Record, t: i64, now: i64) {
-        let c = r.created.as_ref().expect("scored orders are created");
-        let mode = r.dims.ship_mode.as_deref().unwrap_or_default();
-        let level = self.spec.service_levels.for_mode(mode);
-        let s = RiskSnapshot {
+    fn risk_update(&mut self, r: &Record, t: i64, now: i64) {
+        let level = self.spec.service_levels.for_mode(r.dims.ship_mode.as_deref().unwrap_or_default());
+        let snapshot = r.created.as_ref().map(|c| RiskSnapshot {
             created_ts: c.created_ts,
             promised_ts: c.promised_ts,
             shipped_ts: r.shipped_ts,
             out_for_delivery: r.out_for_delivery,
             open_exceptions: r.exception_open as u32,
             payment_failed_open: r.payment_failure_open,
-        };
-        self.out.score_requests.push(ScoreRequest {
-            order_id: order_id.to_string(),
-            generation: r.generation,
+        });
+        let update = RiskUpdate {
             tick: t,
             now,
-            snapshot: s,
-            route: route_of(&r.dims).expect("created orders have a route"),
+            open: r.open_for_risk(),
+            snapshot,
+            route: route_of(&r.dims).filter(|_| r.created.is_some()),
             ship_within_ms: level.ship_within.ms(),
             transit_ms: level.transit.ms(),
             dims: r.dims.clone(),
-        });
+        };
+        self.out.risk_tracks[r.track].updates.push(update);
     }
 
     fn backlog(&mut self, dims: &Dims, tick: i64, delta: i64) {
