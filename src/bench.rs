@@ -54,10 +54,18 @@ pub struct ThroughputResult {
 }
 
 /// Runs the full job over `input` with `workers` workers, keeping nothing in memory.
-pub fn throughput(spec: &PipelineSpec, input: &MemoryPartitions, workers: usize) -> ThroughputResult {
+pub fn throughput(
+    spec: &PipelineSpec,
+    input: &MemoryPartitions,
+    workers: usize,
+) -> ThroughputResult {
     let before = rss_bytes().unwrap_or(0);
     reset_peak_rss();
-    let opts = JobOptions { workers, keep_in_memory: false, ..Default::default() };
+    let opts = JobOptions {
+        workers,
+        keep_in_memory: false,
+        ..Default::default()
+    };
     let started = Instant::now();
     let report = run_job(spec, Arc::new(input.clone()), &opts).expect("benchmark job runs");
     let seconds = started.elapsed().as_secs_f64();
@@ -72,7 +80,8 @@ pub fn throughput(spec: &PipelineSpec, input: &MemoryPartitions, workers: usize)
         mb_per_sec: input.bytes() as f64 / seconds / 1e6,
         peak_rss_mb: peak as f64 / 1e6,
         peak_live_orders: report.peak_live_orders,
-        bytes_per_live_order: peak.saturating_sub(before) as f64 / report.peak_live_orders.max(1) as f64,
+        bytes_per_live_order: peak.saturating_sub(before) as f64
+            / report.peak_live_orders.max(1) as f64,
         final_kpis: report.counters.final_kpis,
         deviations: report.counters.deviations,
     }
@@ -106,11 +115,15 @@ fn outcomes(input: &MemoryPartitions) -> HashMap<String, (i64, Option<i64>, Opti
     for p in 0..input.partitions_len() {
         for raw in input.partition_events(p) {
             let Ok(e) = decode_event(raw) else { continue };
-            let entry = out.entry(e.order_id.to_string()).or_insert((i64::MAX, None, None, false));
+            let entry = out
+                .entry(e.order_id.to_string())
+                .or_insert((i64::MAX, None, None, false));
             match e.body {
                 EventBody::OrderCreated(c) => entry.0 = c.promised_delivery_ts,
                 EventBody::Shipped { .. } => entry.1 = Some(entry.1.map_or(e.ts, |s| s.min(e.ts))),
-                EventBody::Delivered { .. } => entry.2 = Some(entry.2.map_or(e.ts, |d| d.min(e.ts))),
+                EventBody::Delivered { .. } => {
+                    entry.2 = Some(entry.2.map_or(e.ts, |d| d.min(e.ts)))
+                }
                 EventBody::Cancelled { .. } => entry.3 = true,
                 _ => {}
             }
@@ -123,7 +136,10 @@ fn outcomes(input: &MemoryPartitions) -> HashMap<String, (i64, Option<i64>, Opti
 pub fn roc_auc(scored: &[(f64, bool)]) -> f64 {
     let mut v: Vec<(f64, bool)> = scored.to_vec();
     v.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (pos, neg) = v.iter().fold((0f64, 0f64), |(p, n), (_, y)| if *y { (p + 1.0, n) } else { (p, n + 1.0) });
+    let (pos, neg) = v.iter().fold(
+        (0f64, 0f64),
+        |(p, n), (_, y)| if *y { (p + 1.0, n) } else { (p, n + 1.0) },
+    );
     if pos == 0.0 || neg == 0.0 {
         return f64::NAN;
     }
@@ -142,7 +158,11 @@ pub fn roc_auc(scored: &[(f64, bool)]) -> f64 {
 }
 
 /// Scores each order before its outcome is known and compares with the outcome.
-pub fn risk_quality(spec: &PipelineSpec, input: &MemoryPartitions, scores: &[RiskScore]) -> RiskQuality {
+pub fn risk_quality(
+    spec: &PipelineSpec,
+    input: &MemoryPartitions,
+    scores: &[RiskScore],
+) -> RiskQuality {
     let outcomes = outcomes(input);
     let mut by_order: HashMap<&str, Vec<&RiskScore>> = HashMap::new();
     for s in scores {
@@ -151,7 +171,9 @@ pub fn risk_quality(spec: &PipelineSpec, input: &MemoryPartitions, scores: &[Ris
     let mut at_ship = Vec::new();
     let mut max_before = Vec::new();
     for (order, list) in by_order {
-        let Some(&(promised, shipped, delivered, cancelled)) = outcomes.get(order) else { continue };
+        let Some(&(promised, shipped, delivered, cancelled)) = outcomes.get(order) else {
+            continue;
+        };
         if cancelled || promised == i64::MAX {
             continue;
         }
@@ -165,20 +187,35 @@ pub fn risk_quality(spec: &PipelineSpec, input: &MemoryPartitions, scores: &[Ris
         let max = before.iter().map(|s| s.risk_ppm).max().unwrap_or(0) as f64 / 1e6;
         max_before.push((max, late));
         if let Some(shipped) = shipped {
-            if let Some(first) = before.iter().filter(|s| s.now >= shipped).min_by_key(|s| s.now) {
+            if let Some(first) = before
+                .iter()
+                .filter(|s| s.now >= shipped)
+                .min_by_key(|s| s.now)
+            {
                 at_ship.push((first.risk_ppm as f64 / 1e6, late));
             }
         }
     }
     let band = |threshold: f64| {
         let flagged = max_before.iter().filter(|(s, _)| *s >= threshold).count() as u64;
-        let hits = max_before.iter().filter(|(s, y)| *s >= threshold && *y).count() as u64;
+        let hits = max_before
+            .iter()
+            .filter(|(s, y)| *s >= threshold && *y)
+            .count() as u64;
         let late = max_before.iter().filter(|(_, y)| *y).count() as u64;
         BandQuality {
             threshold,
             flagged,
-            precision: if flagged > 0 { hits as f64 / flagged as f64 } else { f64::NAN },
-            recall: if late > 0 { hits as f64 / late as f64 } else { f64::NAN },
+            precision: if flagged > 0 {
+                hits as f64 / flagged as f64
+            } else {
+                f64::NAN
+            },
+            recall: if late > 0 {
+                hits as f64 / late as f64
+            } else {
+                f64::NAN
+            },
         }
     };
     RiskQuality {
@@ -193,7 +230,11 @@ pub fn risk_quality(spec: &PipelineSpec, input: &MemoryPartitions, scores: &[Ris
 
 /// Runs the job collecting risk scores and evaluates them.
 pub fn evaluate_risk(spec: &PipelineSpec, input: &MemoryPartitions) -> (RiskQuality, JobReport) {
-    let opts = JobOptions { collect_risk_scores: true, keep_in_memory: true, ..Default::default() };
+    let opts = JobOptions {
+        collect_risk_scores: true,
+        keep_in_memory: true,
+        ..Default::default()
+    };
     let report = run_job(spec, Arc::new(input.clone()), &opts).expect("risk evaluation job runs");
     (risk_quality(spec, input, &report.risk_scores), report)
 }
@@ -204,8 +245,14 @@ mod tests {
 
     #[test]
     fn auc_of_perfect_random_and_inverted_rankings() {
-        assert_eq!(roc_auc(&[(0.1, false), (0.2, false), (0.8, true), (0.9, true)]), 1.0);
-        assert_eq!(roc_auc(&[(0.9, false), (0.8, false), (0.2, true), (0.1, true)]), 0.0);
+        assert_eq!(
+            roc_auc(&[(0.1, false), (0.2, false), (0.8, true), (0.9, true)]),
+            1.0
+        );
+        assert_eq!(
+            roc_auc(&[(0.9, false), (0.8, false), (0.2, true), (0.1, true)]),
+            0.0
+        );
         assert_eq!(roc_auc(&[(0.5, false), (0.5, true)]), 0.5);
         assert!(roc_auc(&[(0.5, true)]).is_nan());
     }

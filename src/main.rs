@@ -18,11 +18,22 @@ use fulfillment_ai::sources::chain::{Chain, RateLimited};
 use fulfillment_ai::sources::generator::{GeneratorConfig, GeneratorSource};
 use fulfillment_ai::sources::jsonl::load_jsonl;
 use fulfillment_ai::sources::memory::MemoryPartitions;
-use fulfillment_ai::sources::superstore::{default_dataset_path, superstore_source, SuperstoreConfig};
+use fulfillment_ai::sources::superstore::{
+    default_dataset_path, superstore_source, SuperstoreConfig,
+};
 use fulfillment_ai::sources::Source;
 
+/// mimalloc: the dataflow allocates and frees many small buffers across threads; glibc malloc
+/// spent ~12% of a worker's time there (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
-#[command(name = "fulfillment-ai", version, about = "Streaming order-fulfillment monitor: live KPIs, risk and deviations")]
+#[command(
+    name = "fulfillment-ai",
+    version,
+    about = "Streaming order-fulfillment monitor: live KPIs, risk and deviations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -136,7 +147,9 @@ struct BenchArgs {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = real_main() {
@@ -171,12 +184,18 @@ fn parse_speed(s: &str) -> Result<Pacing> {
 
 fn superstore(spec: &PipelineSpec) -> Result<MemoryPartitions> {
     let path = default_dataset_path();
-    superstore_source(&path, spec, &SuperstoreConfig::default()).with_context(|| "loading the Superstore dataset (run scripts/setup.sh to fetch it)")
+    superstore_source(&path, spec, &SuperstoreConfig::default())
+        .with_context(|| "loading the Superstore dataset (run scripts/setup.sh to fetch it)")
 }
 
 /// The generator as the CLI uses it: one order per minute per partition in event time, so a
 /// replay spans weeks and most orders complete within it.
-fn generator(spec: &PipelineSpec, seed: u64, start_ms: Option<i64>, per_partition: Option<u64>) -> GeneratorSource {
+fn generator(
+    spec: &PipelineSpec,
+    seed: u64,
+    start_ms: Option<i64>,
+    per_partition: Option<u64>,
+) -> GeneratorSource {
     let mut cfg = GeneratorConfig {
         seed,
         partitions: spec.time.partitions,
@@ -191,7 +210,11 @@ fn generator(spec: &PipelineSpec, seed: u64, start_ms: Option<i64>, per_partitio
 }
 
 fn latest_ts(input: &MemoryPartitions) -> Option<i64> {
-    (0..input.partitions_len()).flat_map(|p| input.partition_events(p)).filter_map(|raw| fulfillment_ai::model::decode_event(raw).ok()).map(|e| e.ts).max()
+    (0..input.partitions_len())
+        .flat_map(|p| input.partition_events(p))
+        .filter_map(|raw| fulfillment_ai::model::decode_event(raw).ok())
+        .map(|e| e.ts)
+        .max()
 }
 
 fn job_options(a: &JobArgs) -> Result<JobOptions> {
@@ -215,19 +238,39 @@ fn run(a: RunArgs) -> Result<()> {
             Arc::new(Chain::new(Arc::new(history), Arc::new(live)).map_err(anyhow::Error::msg)?)
         }
         "superstore" => Arc::new(superstore(&spec)?),
-        "generator" => Arc::new(RateLimited::new(Arc::new(generator(&spec, 7, None, None)), a.rate)),
+        "generator" => Arc::new(RateLimited::new(
+            Arc::new(generator(&spec, 7, None, None)),
+            a.rate,
+        )),
         other => match other.strip_prefix("jsonl:") {
-            Some(path) => Arc::new(load_jsonl(path.as_ref(), spec.time.partitions).with_context(|| format!("reading {path}"))?),
+            Some(path) => Arc::new(
+                load_jsonl(path.as_ref(), spec.time.partitions)
+                    .with_context(|| format!("reading {path}"))?,
+            ),
             None => bail!("--source `{other}`: use default, superstore, generator or jsonl:PATH"),
         },
     };
     let opts = job_options(&a.job)?;
-    println!("fulfillment-ai: {} with {} workers", source.describe(), opts.workers);
+    println!(
+        "fulfillment-ai: {} with {} workers",
+        source.describe(),
+        opts.workers
+    );
     println!("  pipeline   {}", a.job.pipeline.pipeline.display());
-    println!("  KPIs       {}/kpis.jsonl  (every version; `final: true` closes a window)", a.job.out.display());
+    println!(
+        "  KPIs       {}/kpis.jsonl  (every version; `final: true` closes a window)",
+        a.job.out.display()
+    );
     println!("  deviations {}/deviations.jsonl", a.job.out.display());
-    println!("  rejects    {}/dead_letters.jsonl, {}/late_events.jsonl", a.job.out.display(), a.job.out.display());
-    println!("  follow     tail -f {}/deviations.jsonl   (stop with Ctrl-C)", a.job.out.display());
+    println!(
+        "  rejects    {}/dead_letters.jsonl, {}/late_events.jsonl",
+        a.job.out.display(),
+        a.job.out.display()
+    );
+    println!(
+        "  follow     tail -f {}/deviations.jsonl   (stop with Ctrl-C)",
+        a.job.out.display()
+    );
     if let Some(secs) = a.seconds {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(secs));
@@ -245,10 +288,16 @@ fn replay(a: ReplayArgs) -> Result<()> {
     let input = match a.source.as_str() {
         "superstore" => superstore(&spec)?,
         "generator" => generator(&spec, a.seed, None, None).materialize(Some(a.events)),
-        path => load_jsonl(path.as_ref(), spec.time.partitions).with_context(|| format!("reading {path}"))?,
+        path => load_jsonl(path.as_ref(), spec.time.partitions)
+            .with_context(|| format!("reading {path}"))?,
     };
     let opts = job_options(&a.job)?;
-    println!("fulfillment-ai: replaying {} with {} workers -> {}", input.describe(), opts.workers, a.job.out.display());
+    println!(
+        "fulfillment-ai: replaying {} with {} workers -> {}",
+        input.describe(),
+        opts.workers,
+        a.job.out.display()
+    );
     let report = run_job(&spec, Arc::new(input), &opts)?;
     print_summary(&report, &a.job.out);
     Ok(())
@@ -279,11 +328,15 @@ fn generate(a: GenerateArgs) -> Result<()> {
         "generator" => generator(&spec, a.seed, None, None).materialize(Some(a.events)),
         other => bail!("--source `{other}`: use superstore or generator"),
     };
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?);
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?,
+    );
     use std::io::Write;
     let mut n = 0;
     // Interleave partitions so the file is roughly in event-time order.
-    let mut iters: Vec<_> = (0..input.partitions_len()).map(|p| input.partition_events(p)).collect();
+    let mut iters: Vec<_> = (0..input.partitions_len())
+        .map(|p| input.partition_events(p))
+        .collect();
     loop {
         let mut any = false;
         for it in iters.iter_mut() {
@@ -305,10 +358,30 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
 fn validate(a: PipelineArg) -> Result<()> {
     let spec = load_spec(&a)?;
-    println!("{}: valid, {} KPIs", a.pipeline.display(), spec.compiled.len());
+    println!(
+        "{}: valid, {} KPIs",
+        a.pipeline.display(),
+        spec.compiled.len()
+    );
     for k in &spec.compiled {
-        let sets: Vec<String> = k.dimension_sets.iter().map(|s| if s.is_empty() { "global".into() } else { s.iter().map(|d| d.as_str()).collect::<Vec<_>>().join("+") }).collect();
-        println!("  {:<26} {:?} windows of {:?} by {}", k.name, std::mem::discriminant(&k.measure), k.window.size, sets.join(", "));
+        let sets: Vec<String> = k
+            .dimension_sets
+            .iter()
+            .map(|s| {
+                if s.is_empty() {
+                    "global".into()
+                } else {
+                    s.iter().map(|d| d.as_str()).collect::<Vec<_>>().join("+")
+                }
+            })
+            .collect();
+        println!(
+            "  {:<26} {:?} windows of {:?} by {}",
+            k.name,
+            std::mem::discriminant(&k.measure),
+            k.window.size,
+            sets.join(", ")
+        );
     }
     Ok(())
 }
@@ -318,7 +391,10 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     let mut results = serde_json::Map::new();
     if !a.no_throughput {
         let per_partition = a.events.div_ceil(spec.time.partitions as usize);
-        eprintln!("generating {} events ...", per_partition * spec.time.partitions as usize);
+        eprintln!(
+            "generating {} events ...",
+            per_partition * spec.time.partitions as usize
+        );
         let input = generator(&spec, 11, None, None).materialize(Some(per_partition));
         let mut rows = Vec::new();
         for &w in &a.workers {
@@ -332,13 +408,24 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             rows.push(r);
         }
         if rows.len() >= 2 && !a.json {
-            println!("speed-up {} -> {} workers: {:.2}x", rows[0].workers, rows[rows.len() - 1].workers, rows[rows.len() - 1].events_per_sec / rows[0].events_per_sec);
+            println!(
+                "speed-up {} -> {} workers: {:.2}x",
+                rows[0].workers,
+                rows[rows.len() - 1].workers,
+                rows[rows.len() - 1].events_per_sec / rows[0].events_per_sec
+            );
         }
         results.insert("throughput".into(), serde_json::to_value(&rows)?);
     }
     if a.risk_quality {
         let mut quality = serde_json::Map::new();
-        let inputs = [("superstore", superstore(&spec)?), ("generator", generator(&spec, 5, None, None).materialize(Some(25_000)))];
+        let inputs = [
+            ("superstore", superstore(&spec)?),
+            (
+                "generator",
+                generator(&spec, 5, None, None).materialize(Some(25_000)),
+            ),
+        ];
         for (name, input) in inputs {
             let (q, _) = bench::evaluate_risk(&spec, &input);
             if !a.json {

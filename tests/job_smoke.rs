@@ -12,7 +12,9 @@ const DAY: i64 = 86_400_000;
 const T0: i64 = 1_700_006_400_000; // 2023-11-15T00:00:00Z, a day boundary
 
 fn created(id: &str, order: &str, ts: i64, promised: i64) -> String {
-    format!(r#"{{"v":1,"event_id":"{id}","order_id":"{order}","type":"order_created","ts":{ts},"customer_id":"c","segment":"Consumer","region":"West","ship_mode":"Standard Class","warehouse":"WH-W1","qty":2,"amount":100.0,"promised_delivery_ts":{promised}}}"#)
+    format!(
+        r#"{{"v":1,"event_id":"{id}","order_id":"{order}","type":"order_created","ts":{ts},"customer_id":"c","segment":"Consumer","region":"West","ship_mode":"Standard Class","warehouse":"WH-W1","qty":2,"amount":100.0,"promised_delivery_ts":{promised}}}"#
+    )
 }
 
 fn simple(id: &str, order: &str, kind: &str, ts: i64, extra: &str) -> String {
@@ -25,15 +27,38 @@ fn lines() -> Vec<String> {
     for (o, delay) in [("o1", -3_600_000i64), ("o2", 7_200_000)] {
         let promised = T0 + 3 * DAY;
         v.push(created(&format!("{o}-1"), o, T0 + 1000, promised));
-        v.push(simple(&format!("{o}-2"), o, "payment_authorized", T0 + 60_000, ""));
-        v.push(simple(&format!("{o}-3"), o, "shipped", T0 + DAY, r#","carrier":"UPS","qty":2"#));
-        v.push(simple(&format!("{o}-4"), o, "delivered", promised + delay, r#","qty":2"#));
+        v.push(simple(
+            &format!("{o}-2"),
+            o,
+            "payment_authorized",
+            T0 + 60_000,
+            "",
+        ));
+        v.push(simple(
+            &format!("{o}-3"),
+            o,
+            "shipped",
+            T0 + DAY,
+            r#","carrier":"UPS","qty":2"#,
+        ));
+        v.push(simple(
+            &format!("{o}-4"),
+            o,
+            "delivered",
+            promised + delay,
+            r#","qty":2"#,
+        ));
     }
     v.push(created("o3-1", "o3", T0 + 2000, T0 + 9 * DAY));
     v.push("{broken".to_string());
     v.push(simple("o1-2", "o1", "payment_authorized", T0 + 60_000, "")); // duplicate
-    // Arrival in event-time order (the broken line first).
-    v.sort_by_key(|l| l.split("\"ts\":").nth(1).map(|r| r.split([',', '}']).next().unwrap().parse::<i64>().unwrap()).unwrap_or(0));
+                                                                         // Arrival in event-time order (the broken line first).
+    v.sort_by_key(|l| {
+        l.split("\"ts\":")
+            .nth(1)
+            .map(|r| r.split([',', '}']).next().unwrap().parse::<i64>().unwrap())
+            .unwrap_or(0)
+    });
     v
 }
 
@@ -42,20 +67,44 @@ fn small_job_counts_and_final_kpis() {
     let spec = PipelineSpec::builtin();
     let input = MemoryPartitions::new("smoke", [lines()]);
     for workers in [1, 2] {
-        let report = run_job(&spec, Arc::new(input.clone()), &JobOptions { workers, ..Default::default() }).unwrap();
+        let report = run_job(
+            &spec,
+            Arc::new(input.clone()),
+            &JobOptions {
+                workers,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(report.counters.received, 11);
         assert_eq!(report.counters.dead_lettered, 1);
         assert_eq!(report.counters.duplicates, 1);
-        assert_eq!(report.dead_letters[0].reason.split(':').next(), Some("malformed JSON"));
-        let on_time: Vec<_> = report.final_kpis.iter().filter(|k| k.kpi == "on_time_rate" && k.dims.is_empty()).collect();
+        assert_eq!(
+            report.dead_letters[0].reason.split(':').next(),
+            Some("malformed JSON")
+        );
+        let on_time: Vec<_> = report
+            .final_kpis
+            .iter()
+            .filter(|k| k.kpi == "on_time_rate" && k.dims.is_empty())
+            .collect();
         // o1 delivered on day 2 (early), o2 on day 3 (late): two windows, one delivery each.
         assert_eq!(on_time.len(), 2, "{on_time:?}");
         assert_eq!((on_time[0].numerator, on_time[0].denominator), (1, 1));
         assert_eq!((on_time[1].numerator, on_time[1].denominator), (0, 1));
         let ids: Vec<&str> = report.deviations.iter().map(|d| d.id.as_str()).collect();
         assert!(ids.contains(&"sla_ship_breach:o3"), "{ids:?}");
-        assert!(report.deviations.iter().any(|d| d.kind == DeviationType::SlaDeliveryBreach && d.order_id.as_deref() == Some("o3")));
-        let backlog: Vec<_> = report.final_kpis.iter().filter(|k| k.kpi == "open_backlog" && k.dims.is_empty()).map(|k| (k.window_start, k.numerator)).collect();
+        assert!(report
+            .deviations
+            .iter()
+            .any(|d| d.kind == DeviationType::SlaDeliveryBreach
+                && d.order_id.as_deref() == Some("o3")));
+        let backlog: Vec<_> = report
+            .final_kpis
+            .iter()
+            .filter(|k| k.kpi == "open_backlog" && k.dims.is_empty())
+            .map(|k| (k.window_start, k.numerator))
+            .collect();
         // Day 0: three orders created, none shipped -> 3; day 1: two shipped -> 1; o3 retired 60 days after its last event.
         assert_eq!(backlog[0], (T0, 3));
         assert_eq!(backlog[1], (T0 + DAY, 1));

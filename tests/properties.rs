@@ -16,7 +16,10 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 
-use common::{assert_same, created, event, kpis_mut, run_dataflow, set, set_min_count, spec_with, yaml, Ev, OrderData, Outcome};
+use common::{
+    assert_same, created, event, kpis_mut, run_dataflow, set, set_min_count, spec_with, yaml, Ev,
+    OrderData, Outcome,
+};
 use fulfillment_ai::config::PipelineSpec;
 use fulfillment_ai::model::DeviationType;
 use fulfillment_ai::sources::memory::MemoryPartitions;
@@ -140,26 +143,54 @@ fn gap() -> impl Strategy<Value = Gap> {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (kind(), gap(), 0u32..4, 1u32..900, 0usize..CARRIERS.len()).prop_map(|(kind, gap, qty, amount, carrier)| Step { kind, gap, qty, amount, carrier })
+    (kind(), gap(), 0u32..4, 1u32..900, 0usize..CARRIERS.len()).prop_map(
+        |(kind, gap, qty, amount, carrier)| Step {
+            kind,
+            gap,
+            qty,
+            amount,
+            carrier,
+        },
+    )
 }
 
 /// A lifecycle-shaped order most of the time (pay, ship, deliver in order, some extras), else
 /// random steps.
 fn steps() -> impl Strategy<Value = Vec<Step>> {
-    let shaped = (proptest::collection::vec(step(), 3..8), 0usize..8, any::<bool>()).prop_map(|(mut v, cut, fail_first)| {
-        let order = [if fail_first { Kind::PayFail } else { Kind::PayOk }, Kind::Ship, Kind::Checkpoint, Kind::OutForDelivery, Kind::Deliver];
-        for (s, k) in v.iter_mut().zip(order) {
-            s.kind = k;
-        }
-        v.truncate(cut.max(1));
-        v
-    });
+    let shaped = (
+        proptest::collection::vec(step(), 3..8),
+        0usize..8,
+        any::<bool>(),
+    )
+        .prop_map(|(mut v, cut, fail_first)| {
+            let order = [
+                if fail_first {
+                    Kind::PayFail
+                } else {
+                    Kind::PayOk
+                },
+                Kind::Ship,
+                Kind::Checkpoint,
+                Kind::OutForDelivery,
+                Kind::Deliver,
+            ];
+            for (s, k) in v.iter_mut().zip(order) {
+                s.kind = k;
+            }
+            v.truncate(cut.max(1));
+            v
+        });
     prop_oneof![3 => shaped, 2 => proptest::collection::vec(step(), 0..8)]
 }
 
 fn order_gen() -> impl Strategy<Value = OrderGen> {
     (
-        (0..REGIONS.len(), 0..MODES.len(), 0..WAREHOUSES.len(), 0..SEGMENTS.len()),
+        (
+            0..REGIONS.len(),
+            0..MODES.len(),
+            0..WAREHOUSES.len(),
+            0..SEGMENTS.len(),
+        ),
         0i64..3 * 24 * 60,
         6i64..10 * 24,
         proptest::option::weighted(0.8, 1u32..4),
@@ -167,34 +198,66 @@ fn order_gen() -> impl Strategy<Value = OrderGen> {
         proptest::bool::weighted(0.9),
         steps(),
     )
-        .prop_map(|((region, mode, warehouse, segment), created_min, promise_h, qty, amount, with_created, steps)| OrderGen {
-            region,
-            mode,
-            warehouse,
-            segment,
-            created_min,
-            promise_h,
-            qty,
-            amount,
-            with_created,
-            steps,
-        })
+        .prop_map(
+            |(
+                (region, mode, warehouse, segment),
+                created_min,
+                promise_h,
+                qty,
+                amount,
+                with_created,
+                steps,
+            )| OrderGen {
+                region,
+                mode,
+                warehouse,
+                segment,
+                created_min,
+                promise_h,
+                qty,
+                amount,
+                with_created,
+                steps,
+            },
+        )
 }
 
 fn arrival() -> impl Strategy<Value = Arrival> {
-    (0u32..3, 0i64..=1000, 0u8..100, 150i64..3000, 0u8..100, 0i64..1500).prop_map(|(partition, jitter_permille, late_roll, late_by_min, dup_roll, dup_after_min)| Arrival {
-        partition,
-        jitter_permille,
-        late_roll,
-        late_by_min,
-        dup_roll,
-        dup_after_min,
-    })
+    (
+        0u32..3,
+        0i64..=1000,
+        0u8..100,
+        150i64..3000,
+        0u8..100,
+        0i64..1500,
+    )
+        .prop_map(
+            |(partition, jitter_permille, late_roll, late_by_min, dup_roll, dup_after_min)| {
+                Arrival {
+                    partition,
+                    jitter_permille,
+                    late_roll,
+                    late_by_min,
+                    dup_roll,
+                    dup_after_min,
+                }
+            },
+        )
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (any::<bool>(), 1u32..=3, proptest::collection::vec(order_gen(), 1..10), proptest::collection::vec(arrival(), 16))
-        .prop_map(|(coarse_spec, partitions, orders, arrivals)| Case { coarse_spec, partitions, orders, arrivals })
+    (
+        any::<bool>(),
+        1u32..=3,
+        proptest::collection::vec(order_gen(), 1..10),
+        proptest::collection::vec(arrival(), 16),
+    )
+        .prop_map(|(coarse_spec, partitions, orders, arrivals)| Case {
+            coarse_spec,
+            partitions,
+            orders,
+            arrivals,
+        })
 }
 
 /// The shipped spec with every threshold rated from one fact.
@@ -213,7 +276,15 @@ fn coarse_spec() -> PipelineSpec {
         set_min_count(v, 2);
         for k in kpis_mut(v) {
             let sliding = k.get("window").and_then(|w| w.get("slide")).is_some();
-            set(k, "window", if sliding { yaml("{size: 2d, slide: 12h}") } else { yaml("{size: 12h}") });
+            set(
+                k,
+                "window",
+                if sliding {
+                    yaml("{size: 2d, slide: 12h}")
+                } else {
+                    yaml("{size: 12h}")
+                },
+            );
         }
     })
 }
@@ -242,7 +313,13 @@ fn order_events(spec: &PipelineSpec, i: usize, g: &OrderGen) -> Vec<Ev> {
     let ship_deadline = created_ts + spec.service_levels.for_mode(MODES[g.mode]).ship_within.ms();
     let mut out = Vec::new();
     if g.with_created {
-        out.push(created(&format!("{id}-c"), &id, created_ts, promised, &data));
+        out.push(created(
+            &format!("{id}-c"),
+            &id,
+            created_ts,
+            promised,
+            &data,
+        ));
     }
     let mut ts = created_ts;
     for (k, s) in g.steps.iter().enumerate() {
@@ -258,20 +335,47 @@ fn order_events(spec: &PipelineSpec, i: usize, g: &OrderGen) -> Vec<Ev> {
         let carrier = CARRIERS[s.carrier];
         let e = match s.kind {
             Kind::PayOk => event(&eid, &id, "payment_authorized", ts, ""),
-            Kind::PayFail => event(&eid, &id, "payment_failed", ts, r#","reason":"card declined""#),
-            Kind::Ship => event(&eid, &id, "shipped", ts, &format!(r#","carrier":"{carrier}","qty":{}"#, s.qty.max(1))),
+            Kind::PayFail => event(
+                &eid,
+                &id,
+                "payment_failed",
+                ts,
+                r#","reason":"card declined""#,
+            ),
+            Kind::Ship => event(
+                &eid,
+                &id,
+                "shipped",
+                ts,
+                &format!(r#","carrier":"{carrier}","qty":{}"#, s.qty.max(1)),
+            ),
             Kind::Checkpoint => event(&eid, &id, "carrier_checkpoint", ts, ""),
             Kind::Exception => event(&eid, &id, "carrier_exception", ts, r#","reason":"weather""#),
             Kind::OutForDelivery => event(&eid, &id, "out_for_delivery", ts, ""),
             Kind::Deliver if s.qty == 0 => event(&eid, &id, "delivered", ts, ""),
             Kind::Deliver => event(&eid, &id, "delivered", ts, &format!(r#","qty":{}"#, s.qty)),
             Kind::DeliveryFailed => event(&eid, &id, "delivery_failed", ts, ""),
-            Kind::Refund => event(&eid, &id, "refund_requested", ts, &format!(r#","reason":"damaged","amount":{}"#, s.amount)),
-            Kind::Return => event(&eid, &id, "return_requested", ts, &format!(r#","reason":"size","amount":{}.5"#, s.amount)),
+            Kind::Refund => event(
+                &eid,
+                &id,
+                "refund_requested",
+                ts,
+                &format!(r#","reason":"damaged","amount":{}"#, s.amount),
+            ),
+            Kind::Return => event(
+                &eid,
+                &id,
+                "return_requested",
+                ts,
+                &format!(r#","reason":"size","amount":{}.5"#, s.amount),
+            ),
             Kind::Ticket => event(&eid, &id, "ticket_raised", ts, ""),
             Kind::Cancel => event(&eid, &id, "cancelled", ts, ""),
             Kind::CreatedAgain => {
-                let other = OrderData { region: REGIONS[(g.region + 1) % REGIONS.len()].into(), ..data.clone() };
+                let other = OrderData {
+                    region: REGIONS[(g.region + 1) % REGIONS.len()].into(),
+                    ..data.clone()
+                };
                 created(&eid, &id, ts, ts + g.promise_h * HOUR, &other)
             }
         };
@@ -290,14 +394,20 @@ fn arrange(spec: &PipelineSpec, c: &Case) -> MemoryPartitions {
         for e in order_events(spec, i, g) {
             let a = c.arrivals[seq % c.arrivals.len()];
             // Vary the pattern across events sharing an arrival entry.
-            let jitter = (a.jitter_permille + 389 * (seq / c.arrivals.len()) as i64) % 1001 * ooo / 1000;
+            let jitter =
+                (a.jitter_permille + 389 * (seq / c.arrivals.len()) as i64) % 1001 * ooo / 1000;
             let mut key = e.ts + jitter;
             if a.late_roll < 6 {
                 key = e.ts + a.late_by_min * MIN;
             }
             let p = (a.partition + i as u32) % c.partitions;
             if a.dup_roll < 8 {
-                placed.push(((p + 1) % c.partitions, key + a.dup_after_min * MIN, seq, e.line.clone()));
+                placed.push((
+                    (p + 1) % c.partitions,
+                    key + a.dup_after_min * MIN,
+                    seq,
+                    e.line.clone(),
+                ));
             }
             placed.push((p, key, seq, e.line));
             seq += 1;
@@ -312,7 +422,12 @@ fn arrange(spec: &PipelineSpec, c: &Case) -> MemoryPartitions {
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 32, max_shrink_iters: 200, failure_persistence: None, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: 32,
+        max_shrink_iters: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {
@@ -349,13 +464,26 @@ fn strategy_covers_the_rules() {
         late += o.late;
         dups += o.duplicates;
         kinds.extend(o.deviations.iter().map(|d| d.kind));
-        rated += o.final_kpis.iter().filter(|k| k.status != fulfillment_ai::model::KpiStatus::Unrated).count();
-        breaches += o.deviations.iter().filter(|d| d.kind == DeviationType::KpiThresholdBreach).count();
+        rated += o
+            .final_kpis
+            .iter()
+            .filter(|k| k.status != fulfillment_ai::model::KpiStatus::Unrated)
+            .count();
+        breaches += o
+            .deviations
+            .iter()
+            .filter(|d| d.kind == DeviationType::KpiThresholdBreach)
+            .count();
     }
-    eprintln!("coverage: late {late} dups {dups} rated {rated} breaches {breaches} kinds {kinds:?}");
+    eprintln!(
+        "coverage: late {late} dups {dups} rated {rated} breaches {breaches} kinds {kinds:?}"
+    );
     assert!(late >= 10, "late {late}");
     assert!(dups >= 10, "duplicates {dups}");
-    assert!(rated >= 50 && breaches >= 10, "rated {rated}, breaches {breaches}");
+    assert!(
+        rated >= 50 && breaches >= 10,
+        "rated {rated}, breaches {breaches}"
+    );
     for k in [
         DeviationType::SlaShipBreach,
         DeviationType::SlaDeliveryBreach,
@@ -368,6 +496,9 @@ fn strategy_covers_the_rules() {
         DeviationType::PredictedDelay,
         DeviationType::KpiThresholdBreach,
     ] {
-        assert!(kinds.contains(&k), "no {k:?} in 40 sampled cases: {kinds:?}");
+        assert!(
+            kinds.contains(&k),
+            "no {k:?} in 40 sampled cases: {kinds:?}"
+        );
     }
 }

@@ -17,7 +17,9 @@ use fulfillment_ai::config::PipelineSpec;
 use fulfillment_ai::model::{DeviationType, KpiRecord, KpiStatus};
 use fulfillment_ai::sources::generator::{GeneratorConfig, GeneratorSource, Incident};
 use fulfillment_ai::sources::memory::MemoryPartitions;
-use fulfillment_ai::sources::superstore::{default_dataset_path, superstore_source, SuperstoreConfig};
+use fulfillment_ai::sources::superstore::{
+    default_dataset_path, superstore_source, SuperstoreConfig,
+};
 use fulfillment_ai::sources::Source;
 
 const DAY: i64 = 86_400_000;
@@ -38,7 +40,10 @@ fn compare_all(spec: &PipelineSpec, input: &MemoryPartitions, what: &str) -> Out
     for workers in [1, 2] {
         let t = Instant::now();
         let df = run_dataflow(spec, input, workers, true);
-        eprintln!("{what}: dataflow with {workers} workers {:.2?}", t.elapsed());
+        eprintln!(
+            "{what}: dataflow with {workers} workers {:.2?}",
+            t.elapsed()
+        );
         assert_same(&oracle, &df, true, what);
     }
     oracle
@@ -46,13 +51,19 @@ fn compare_all(spec: &PipelineSpec, input: &MemoryPartitions, what: &str) -> Out
 
 /// Global on-time rate over all final windows: (on time, deliveries).
 fn overall(o: &Outcome, kpi: &str, dims: &str) -> (i64, i64) {
-    o.series(kpi, dims).iter().fold((0, 0), |(n, d), k| (n + k.numerator, d + k.denominator))
+    o.series(kpi, dims)
+        .iter()
+        .fold((0, 0), |(n, d), k| (n + k.numerator, d + k.denominator))
 }
 
 fn counts_at_least(o: &Outcome, kinds: &[DeviationType]) {
     let counts = deviation_counts(&o.deviations);
     for k in kinds {
-        assert!(counts.get(k.as_str()).copied().unwrap_or(0) > 0, "no {} deviation: {counts:?}", k.as_str());
+        assert!(
+            counts.get(k.as_str()).copied().unwrap_or(0) > 0,
+            "no {} deviation: {counts:?}",
+            k.as_str()
+        );
     }
 }
 
@@ -87,12 +98,17 @@ fn malformed_and_repeats(input: &MemoryPartitions) -> (u64, u64) {
                 }
             };
             let kind = v["type"].as_str().unwrap_or("");
-            let valid = TYPES.contains(&kind) && v["ts"].as_i64().is_some() && (kind != "order_created" || v["promised_delivery_ts"].as_i64().is_some());
+            let valid = TYPES.contains(&kind)
+                && v["ts"].as_i64().is_some()
+                && (kind != "order_created" || v["promised_delivery_ts"].as_i64().is_some());
             if !valid {
                 bad += 1;
                 continue;
             }
-            let key = (v["order_id"].as_str().unwrap_or("").to_string(), v["event_id"].as_str().unwrap_or("").to_string());
+            let key = (
+                v["order_id"].as_str().unwrap_or("").to_string(),
+                v["event_id"].as_str().unwrap_or("").to_string(),
+            );
             if !seen.insert(key) {
                 repeats += 1;
             }
@@ -120,7 +136,12 @@ fn generator_input(spec: &PipelineSpec) -> MemoryPartitions {
                 extra_delay_ms: 4 * DAY,
                 probability: 0.9,
             },
-            Incident::WarehouseBacklog { warehouse: "WH-EAST-1".into(), from_ms: START + 2 * DAY, to_ms: START + 4 * DAY, extra_ship_delay_ms: 4 * DAY },
+            Incident::WarehouseBacklog {
+                warehouse: "WH-EAST-1".into(),
+                from_ms: START + 2 * DAY,
+                to_ms: START + 4 * DAY,
+                extra_ship_delay_ms: 4 * DAY,
+            },
         ],
     };
     GeneratorSource::new(cfg, spec).materialize(None)
@@ -130,20 +151,33 @@ fn generator_input(spec: &PipelineSpec) -> MemoryPartitions {
 fn generator_replay_equals_oracle_and_is_plausible() {
     let spec = PipelineSpec::builtin();
     let input = generator_input(&spec);
-    assert!((40_000..70_000).contains(&input.len()), "{} events", input.len());
+    assert!(
+        (40_000..70_000).contains(&input.len()),
+        "{} events",
+        input.len()
+    );
     let (malformed, repeats) = malformed_and_repeats(&input);
     let o = compare_all(&spec, &input, "generator replay");
 
     assert!(malformed > 50, "{malformed} malformed lines");
     assert_eq!(o.dead_lettered, malformed, "dead letters = malformed lines");
     assert_eq!(o.dead_letters.len() as u64, malformed);
-    assert_eq!(o.late, 0, "disorder stays within the out-of-orderness bound");
+    assert_eq!(
+        o.late, 0,
+        "disorder stays within the out-of-orderness bound"
+    );
     assert!(repeats > 200, "{repeats} repeated events");
-    assert_eq!(o.duplicates, repeats, "duplicates = repeated (order, event id) lines");
+    assert_eq!(
+        o.duplicates, repeats,
+        "duplicates = repeated (order, event id) lines"
+    );
 
     let (ok, n) = overall(&o, "on_time_rate", "");
     let rate = ok as f64 / n as f64;
-    assert!((0.6..0.98).contains(&rate), "overall on-time rate {rate} ({ok}/{n})");
+    assert!(
+        (0.6..0.98).contains(&rate),
+        "overall on-time rate {rate} ({ok}/{n})"
+    );
     counts_at_least(
         &o,
         &[
@@ -162,24 +196,48 @@ fn generator_replay_equals_oracle_and_is_plausible() {
     // The carrier collapse: USPS deliveries after it are much later than USPS ones before it.
     let usps: Vec<&KpiRecord> = o.series("on_time_rate", "carrier=USPS");
     let rate_in = |from: i64, to: i64| {
-        let (a, b) = usps.iter().filter(|k| (from..to).contains(&k.window_start)).fold((0, 0), |(a, b), k| (a + k.numerator, b + k.denominator));
+        let (a, b) = usps
+            .iter()
+            .filter(|k| (from..to).contains(&k.window_start))
+            .fold((0, 0), |(a, b), k| (a + k.numerator, b + k.denominator));
         a as f64 / b.max(1) as f64
     };
     let before = rate_in(START, START + 3 * DAY);
     let during = rate_in(START + 5 * DAY, START + 9 * DAY);
-    assert!(during < before - 0.1, "USPS on-time rate before {before:.3}, after the collapse {during:.3}");
     assert!(
-        o.deviations_of(DeviationType::KpiThresholdBreach).iter().any(|d| d.id.starts_with("kpi_threshold_breach:on_time_rate:carrier=USPS:")),
+        during < before - 0.1,
+        "USPS on-time rate before {before:.3}, after the collapse {during:.3}"
+    );
+    assert!(
+        o.deviations_of(DeviationType::KpiThresholdBreach)
+            .iter()
+            .any(|d| d
+                .id
+                .starts_with("kpi_threshold_breach:on_time_rate:carrier=USPS:")),
         "the collapse breaches USPS's on-time rate"
     );
     // The warehouse backlog: WH-EAST-1's open backlog rises during the incident.
     let level = |from: i64, to: i64| {
-        o.series("open_backlog", "warehouse=WH-EAST-1").iter().filter(|k| (from..to).contains(&k.window_start)).map(|k| k.numerator).max().unwrap_or(0)
+        o.series("open_backlog", "warehouse=WH-EAST-1")
+            .iter()
+            .filter(|k| (from..to).contains(&k.window_start))
+            .map(|k| k.numerator)
+            .max()
+            .unwrap_or(0)
     };
-    let (calm, jammed) = (level(START, START + 2 * DAY), level(START + 3 * DAY, START + 6 * DAY));
-    assert!(jammed > calm + 20, "WH-EAST-1 backlog {calm} before, {jammed} during the incident");
+    let (calm, jammed) = (
+        level(START, START + 2 * DAY),
+        level(START + 3 * DAY, START + 6 * DAY),
+    );
+    assert!(
+        jammed > calm + 20,
+        "WH-EAST-1 backlog {calm} before, {jammed} during the incident"
+    );
     // Final windows are rated where enough facts exist.
-    assert!(o.final_kpis.iter().any(|k| k.kpi == "on_time_rate" && k.status == KpiStatus::Ok));
+    assert!(o
+        .final_kpis
+        .iter()
+        .any(|k| k.kpi == "on_time_rate" && k.status == KpiStatus::Ok));
     assert!(o.final_kpis.iter().all(|k| k.is_final));
 }
 
@@ -188,17 +246,29 @@ fn superstore_dataset() -> Option<std::path::PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    let ci = std::env::var("CI").map(|v| !v.is_empty() && v != "false" && v != "0").unwrap_or(false);
-    assert!(!ci, "{} is missing under CI: run scripts/fetch_dataset.sh first", path.display());
-    eprintln!("skipping the Superstore replay: {} not found (run scripts/fetch_dataset.sh)", path.display());
+    let ci = std::env::var("CI")
+        .map(|v| !v.is_empty() && v != "false" && v != "0")
+        .unwrap_or(false);
+    assert!(
+        !ci,
+        "{} is missing under CI: run scripts/fetch_dataset.sh first",
+        path.display()
+    );
+    eprintln!(
+        "skipping the Superstore replay: {} not found (run scripts/fetch_dataset.sh)",
+        path.display()
+    );
     None
 }
 
 #[test]
 fn superstore_replay_equals_oracle_and_is_plausible() {
-    let Some(path) = superstore_dataset() else { return };
+    let Some(path) = superstore_dataset() else {
+        return;
+    };
     let spec = PipelineSpec::builtin();
-    let input = superstore_source(&path, &spec, &SuperstoreConfig::default()).expect("load the Superstore replay");
+    let input = superstore_source(&path, &spec, &SuperstoreConfig::default())
+        .expect("load the Superstore replay");
     let o = compare_all(&spec, &input, "superstore replay");
 
     assert_eq!((o.dead_lettered, o.late, o.duplicates), (0, 0, 0));
@@ -207,18 +277,36 @@ fn superstore_replay_equals_oracle_and_is_plausible() {
     assert_eq!(orders, 5_009);
     let (ok, n) = overall(&o, "on_time_rate", "");
     let rate = ok as f64 / n as f64;
-    assert!((0.8..=0.95).contains(&rate), "overall on-time rate {rate} ({ok}/{n})");
+    assert!(
+        (0.8..=0.95).contains(&rate),
+        "overall on-time rate {rate} ({ok}/{n})"
+    );
     assert!(n as f64 > 0.95 * 5_009.0, "{n} deliveries");
-    counts_at_least(&o, &[DeviationType::SlaDeliveryBreach, DeviationType::PredictedDelay, DeviationType::KpiThresholdBreach, DeviationType::RefundRequested]);
+    counts_at_least(
+        &o,
+        &[
+            DeviationType::SlaDeliveryBreach,
+            DeviationType::PredictedDelay,
+            DeviationType::KpiThresholdBreach,
+            DeviationType::RefundRequested,
+        ],
+    );
     let counts: BTreeMap<&str, usize> = deviation_counts(&o.deviations);
     assert!(counts.len() >= 6, "deviation kinds: {counts:?}");
     for r in ["Central", "East", "South", "West"] {
         let (a, b) = overall(&o, "on_time_rate", &format!("region={r}"));
-        assert!(b > 200 && (0.6..=1.0).contains(&(a as f64 / b as f64)), "region {r}: {a}/{b}");
+        assert!(
+            b > 200 && (0.6..=1.0).contains(&(a as f64 / b as f64)),
+            "region {r}: {a}/{b}"
+        );
     }
     // Risk: every order is scored while open, and orders that end up late were scored higher
     // (before their promise) than orders that arrive on time.
-    assert!(o.risk_scores.len() > 5_009, "{} risk scores", o.risk_scores.len());
+    assert!(
+        o.risk_scores.len() > 5_009,
+        "{} risk scores",
+        o.risk_scores.len()
+    );
     let outcome = delivery_outcomes(&input);
     let mut peak: BTreeMap<&str, i64> = BTreeMap::new();
     for (order, now, ppm) in &o.risk_scores {
@@ -230,11 +318,18 @@ fn superstore_replay_equals_oracle_and_is_plausible() {
         }
     }
     let mean = |late: bool| {
-        let v: Vec<i64> = peak.iter().filter(|(k, _)| outcome[**k].1 == late).map(|(_, p)| *p).collect();
+        let v: Vec<i64> = peak
+            .iter()
+            .filter(|(k, _)| outcome[**k].1 == late)
+            .map(|(_, p)| *p)
+            .collect();
         v.iter().sum::<i64>() as f64 / v.len().max(1) as f64 / 1e6
     };
     let (late, on_time) = (mean(true), mean(false));
-    assert!(late > on_time + 0.05, "mean peak risk of late orders {late:.3}, of on-time orders {on_time:.3}");
+    assert!(
+        late > on_time + 0.05,
+        "mean peak risk of late orders {late:.3}, of on-time orders {on_time:.3}"
+    );
 }
 
 /// Per delivered order: (promised ts, delivered late).
@@ -247,7 +342,9 @@ fn delivery_outcomes(input: &MemoryPartitions) -> std::collections::HashMap<Stri
             let Ok(e) = decode_event(line) else { continue };
             match e.body {
                 EventBody::OrderCreated(c) => {
-                    promised.entry(e.order_id.to_string()).or_insert(c.promised_delivery_ts);
+                    promised
+                        .entry(e.order_id.to_string())
+                        .or_insert(c.promised_delivery_ts);
                 }
                 EventBody::Delivered { .. } => {
                     let d = delivered.entry(e.order_id.to_string()).or_insert(e.ts);
@@ -257,5 +354,8 @@ fn delivery_outcomes(input: &MemoryPartitions) -> std::collections::HashMap<Stri
             }
         }
     }
-    delivered.into_iter().filter_map(|(o, d)| promised.get(&o).map(|&p| (o, (p, d > p)))).collect()
+    delivered
+        .into_iter()
+        .filter_map(|(o, d)| promised.get(&o).map(|&p| (o, (p, d > p))))
+        .collect()
 }

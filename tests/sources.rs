@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use fulfillment_ai::config::PipelineSpec;
 use fulfillment_ai::model::{decode_event, EventBody, OrderEvent};
-use fulfillment_ai::sources::superstore::{default_dataset_path, lifecycle_events, load_orders, superstore_source, SuperstoreConfig};
+use fulfillment_ai::sources::superstore::{
+    default_dataset_path, lifecycle_events, load_orders, superstore_source, SuperstoreConfig,
+};
 use fulfillment_ai::sources::Source;
 
 fn dataset() -> Option<PathBuf> {
@@ -16,9 +18,18 @@ fn dataset() -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    let ci = std::env::var("CI").map(|v| !v.is_empty() && v != "false" && v != "0").unwrap_or(false);
-    assert!(!ci, "{} is missing under CI: run scripts/fetch_dataset.sh first", path.display());
-    eprintln!("skipping: {} not found (run scripts/fetch_dataset.sh)", path.display());
+    let ci = std::env::var("CI")
+        .map(|v| !v.is_empty() && v != "false" && v != "0")
+        .unwrap_or(false);
+    assert!(
+        !ci,
+        "{} is missing under CI: run scripts/fetch_dataset.sh first",
+        path.display()
+    );
+    eprintln!(
+        "skipping: {} not found (run scripts/fetch_dataset.sh)",
+        path.display()
+    );
     None
 }
 
@@ -40,7 +51,8 @@ fn by_order(events: &[OrderEvent]) -> HashMap<&str, OrderView> {
         o.first_ts.get_or_insert(e.ts);
         match &e.body {
             EventBody::OrderCreated(c) => {
-                o.created.get_or_insert((e.ts, c.promised_delivery_ts, c.region.to_string()));
+                o.created
+                    .get_or_insert((e.ts, c.promised_delivery_ts, c.region.to_string()));
             }
             EventBody::Shipped { carrier, .. } => {
                 o.shipped.get_or_insert((e.ts, carrier.to_string()));
@@ -59,7 +71,12 @@ fn superstore_orders_match_the_csv() {
     let Some(path) = dataset() else { return };
     let orders = load_orders(&path).unwrap();
     let mut reader = csv::Reader::from_path(&path).unwrap();
-    let id_col = reader.headers().unwrap().iter().position(|h| h == "Order ID").unwrap();
+    let id_col = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "Order ID")
+        .unwrap();
     let mut ids = HashSet::new();
     let mut lines = 0;
     for r in reader.records() {
@@ -69,8 +86,13 @@ fn superstore_orders_match_the_csv() {
     assert_eq!(lines, 9994);
     assert_eq!(ids.len(), 5009);
     assert_eq!(orders.len(), ids.len());
-    assert_eq!(orders.iter().map(|o| o.lines as usize).sum::<usize>(), lines);
-    assert!(orders.iter().all(|o| o.qty > 0 && o.amount > 0.0 && o.ship_day >= o.order_day));
+    assert_eq!(
+        orders.iter().map(|o| o.lines as usize).sum::<usize>(),
+        lines
+    );
+    assert!(orders
+        .iter()
+        .all(|o| o.qty > 0 && o.amount > 0.0 && o.ship_day >= o.order_day));
 }
 
 #[test]
@@ -88,7 +110,12 @@ fn superstore_replay_is_sane_and_on_time_rate_is_realistic() {
     // Arrival order: an event never arrives after one more than `disorder` later in event time.
     let mut max_ts = i64::MIN / 2;
     for e in &events {
-        assert!(e.ts >= max_ts - cfg.disorder_ms, "{} arrived {} ms too late", e.event_id, max_ts - e.ts);
+        assert!(
+            e.ts >= max_ts - cfg.disorder_ms,
+            "{} arrived {} ms too late",
+            e.event_id,
+            max_ts - e.ts
+        );
         max_ts = max_ts.max(e.ts);
     }
     let ids: HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
@@ -99,22 +126,44 @@ fn superstore_replay_is_sane_and_on_time_rate_is_realistic() {
     let (mut delivered, mut on_time) = (0usize, 0usize);
     let mut per_region: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
     for (id, o) in &view {
-        let (created, promised, region) = o.created.as_ref().unwrap_or_else(|| panic!("{id} has no order_created"));
-        assert_eq!(o.first_ts, Some(*created), "{id}: order_created is not first");
+        let (created, promised, region) = o
+            .created
+            .as_ref()
+            .unwrap_or_else(|| panic!("{id} has no order_created"));
+        assert_eq!(
+            o.first_ts,
+            Some(*created),
+            "{id}: order_created is not first"
+        );
         if let Some(d) = o.delivered {
-            let (shipped, carrier) = o.shipped.as_ref().unwrap_or_else(|| panic!("{id} delivered but never shipped"));
-            assert!(d > *shipped && *shipped > *created, "{id}: created {created} shipped {shipped} delivered {d}");
+            let (shipped, carrier) = o
+                .shipped
+                .as_ref()
+                .unwrap_or_else(|| panic!("{id} delivered but never shipped"));
+            assert!(
+                d > *shipped && *shipped > *created,
+                "{id}: created {created} shipped {shipped} delivered {d}"
+            );
             delivered += 1;
             on_time += usize::from(d <= *promised);
-            let cell = per_region.entry((region.clone(), carrier.clone())).or_default();
+            let cell = per_region
+                .entry((region.clone(), carrier.clone()))
+                .or_default();
             cell.0 += 1;
             cell.1 += usize::from(d <= *promised);
         }
     }
     let rate = on_time as f64 / delivered as f64;
-    eprintln!("superstore replay: {} orders, {} events, {delivered} delivered, on-time rate {rate:.4}", orders.len(), events.len());
+    eprintln!(
+        "superstore replay: {} orders, {} events, {delivered} delivered, on-time rate {rate:.4}",
+        orders.len(),
+        events.len()
+    );
     for ((region, carrier), (n, ok)) in &per_region {
-        eprintln!("  {region:8} {carrier:6} {n:5} deliveries, on-time {:.3}", *ok as f64 / *n as f64);
+        eprintln!(
+            "  {region:8} {carrier:6} {n:5} deliveries, on-time {:.3}",
+            *ok as f64 / *n as f64
+        );
     }
     assert!((0.80..=0.95).contains(&rate), "on-time rate {rate}");
     assert!(delivered as f64 > 0.95 * orders.len() as f64);
@@ -128,11 +177,22 @@ fn superstore_replay_is_deterministic_and_seeded() {
     let cfg = SuperstoreConfig::default();
     let a = lifecycle_events(&orders, &spec, &cfg);
     assert_eq!(a, lifecycle_events(&orders, &spec, &cfg));
-    let b = lifecycle_events(&orders, &spec, &SuperstoreConfig { seed: 7, ..cfg.clone() });
+    let b = lifecycle_events(
+        &orders,
+        &spec,
+        &SuperstoreConfig {
+            seed: 7,
+            ..cfg.clone()
+        },
+    );
     assert_ne!(a, b);
     // An order's simulation does not depend on the other orders.
     let alone = lifecycle_events(&orders[100..101], &spec, &cfg);
-    let within: Vec<_> = a.iter().filter(|e| e.order_id == orders[100].order_id).cloned().collect();
+    let within: Vec<_> = a
+        .iter()
+        .filter(|e| e.order_id == orders[100].order_id)
+        .cloned()
+        .collect();
     let mut alone_sorted = alone.clone();
     alone_sorted.sort_by_key(|e| e.event_id.clone());
     let mut within_sorted = within;
@@ -144,7 +204,10 @@ fn superstore_replay_is_deterministic_and_seeded() {
 fn superstore_source_partitions_by_order_and_keeps_arrival_order() {
     let Some(path) = dataset() else { return };
     let spec = PipelineSpec::builtin();
-    let cfg = SuperstoreConfig { duplicate_rate: 0.02, ..SuperstoreConfig::default() };
+    let cfg = SuperstoreConfig {
+        duplicate_rate: 0.02,
+        ..SuperstoreConfig::default()
+    };
     let source = superstore_source(&path, &spec, &cfg).unwrap();
     assert_eq!(source.partitions(), spec.time.partitions);
     let events = lifecycle_events(&load_orders(&path).unwrap(), &spec, &cfg);
@@ -156,7 +219,12 @@ fn superstore_source_partitions_by_order_and_keeps_arrival_order() {
         let mut max_ts = i64::MIN / 2;
         for raw in source.partition_events(p) {
             let e = decode_event(raw).unwrap();
-            assert_eq!(*home.entry(e.order_id.to_string()).or_insert(p), p, "order {} in two partitions", e.order_id);
+            assert_eq!(
+                *home.entry(e.order_id.to_string()).or_insert(p),
+                p,
+                "order {} in two partitions",
+                e.order_id
+            );
             assert!(e.ts >= max_ts - cfg.disorder_ms);
             max_ts = max_ts.max(e.ts);
             duplicates += usize::from(!seen.insert(e.event_id.clone()));
@@ -166,3 +234,58 @@ fn superstore_source_partitions_by_order_and_keeps_arrival_order() {
     assert!((0.01..0.03).contains(&rate), "duplicate rate {rate}");
 }
 
+#[test]
+#[ignore]
+fn tmp_stats() {
+    use fulfillment_ai::model::EventType;
+    use fulfillment_ai::sources::generator::{GeneratorConfig, GeneratorSource};
+    let spec = PipelineSpec::builtin();
+    let ss = lifecycle_events(
+        &load_orders(&dataset().unwrap()).unwrap(),
+        &spec,
+        &SuperstoreConfig::default(),
+    );
+    let m = GeneratorSource::new(GeneratorConfig::default(), &spec).materialize(None);
+    let gen: Vec<OrderEvent> = (0..4)
+        .flat_map(|p| {
+            m.partition_events(p)
+                .map(|l| decode_event(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (name, evs) in [("superstore", &ss), ("generator", &gen)] {
+        let mut per: HashMap<&str, HashSet<EventType>> = HashMap::new();
+        let mut partial = 0;
+        let mut qty: HashMap<&str, u32> = HashMap::new();
+        for e in evs.iter() {
+            per.entry(e.order_id.as_str())
+                .or_default()
+                .insert(e.event_type());
+            if let EventBody::OrderCreated(c) = &e.body {
+                qty.insert(e.order_id.as_str(), c.qty.unwrap());
+            }
+        }
+        for e in evs.iter() {
+            if let EventBody::Delivered { qty: Some(q) } = &e.body {
+                if *q < qty[e.order_id.as_str()] {
+                    partial += 1;
+                }
+            }
+        }
+        let n = per.len() as f64;
+        let frac = |t: EventType| per.values().filter(|s| s.contains(&t)).count() as f64 / n;
+        let lost = per
+            .values()
+            .filter(|s| s.contains(&EventType::Shipped) && !s.contains(&EventType::Delivered))
+            .count() as f64
+            / n;
+        let view = by_order(evs);
+        let (d, ok) = view
+            .values()
+            .filter_map(|o| o.delivered.map(|d| d <= o.created.as_ref().unwrap().1))
+            .fold((0, 0), |(d, ok), h| (d + 1, ok + usize::from(h)));
+        eprintln!("{name}: orders {n} events {} on-time {:.4} | payment_failed {:.3} cancelled {:.3} exception {:.3} lost {:.4} partial {:.4} delivery_failed {:.3} refund|return {:.3} ticket {:.3}",
+            evs.len(), ok as f64 / d as f64, frac(EventType::PaymentFailed), frac(EventType::Cancelled), frac(EventType::CarrierException), lost, partial as f64 / n, frac(EventType::DeliveryFailed),
+            per.values().filter(|s| s.contains(&EventType::RefundRequested) || s.contains(&EventType::ReturnRequested)).count() as f64 / n, frac(EventType::TicketRaised));
+    }
+}

@@ -19,16 +19,24 @@ impl Duration {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 90s, 15m, 6h or 2d"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 90s, 15m, 6h or 2d"))?;
     let scale = match unit.trim() {
         "ms" => 1.0,
         "s" => 1_000.0,
         "m" => 60_000.0,
         "h" => 3_600_000.0,
         "d" => 86_400_000.0,
-        other => return Err(format!("unknown duration unit `{other}` in `{s}` (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{s}` (use ms, s, m, h or d)"
+            ))
+        }
     };
     Ok(Duration((value * scale).round() as i64))
 }
@@ -66,7 +74,11 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(Duration(90_000)));
         assert_eq!(parse_duration("1.5h"), Ok(Duration(5_400_000)));
         assert_eq!(parse_duration("2d"), Ok(Duration(172_800_000)));
-        assert!(parse_duration("2 weeks").unwrap_err().contains("unknown duration unit"));
-        assert!(parse_duration("soon").unwrap_err().contains("is not a duration"));
+        assert!(parse_duration("2 weeks")
+            .unwrap_err()
+            .contains("unknown duration unit"));
+        assert!(parse_duration("soon")
+            .unwrap_err()
+            .contains("is not a duration"));
     }
 }

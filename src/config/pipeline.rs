@@ -300,12 +300,30 @@ pub struct RetentionSpec {
 /// How a compiled KPI aggregates facts.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Measure {
-    Count { sel: FactSel },
-    Rate { sel: FactSel, hit: Vec<(FactFlag, bool)> },
-    Ratio { num: FactSel, den: FactSel },
-    Mean { sel: FactSel, field: FactField },
-    Sum { sel: FactSel, field: FactField },
-    Quantile { sel: FactSel, field: FactField, q: f64 },
+    Count {
+        sel: FactSel,
+    },
+    Rate {
+        sel: FactSel,
+        hit: Vec<(FactFlag, bool)>,
+    },
+    Ratio {
+        num: FactSel,
+        den: FactSel,
+    },
+    Mean {
+        sel: FactSel,
+        field: FactField,
+    },
+    Sum {
+        sel: FactSel,
+        field: FactField,
+    },
+    Quantile {
+        sel: FactSel,
+        field: FactField,
+        q: f64,
+    },
     /// Level of open, unshipped orders at the window end.
     Gauge,
 }
@@ -332,8 +350,11 @@ impl PipelineSpec {
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<PipelineSpec, SpecError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SpecError { file: file.clone(), path: "(file)".into(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+            file: file.clone(),
+            path: "(file)".into(),
+            reason: e.to_string(),
+        })?;
         Self::parse(&text, &file)
     }
 
@@ -343,8 +364,15 @@ impl PipelineSpec {
         let mut spec: PipelineSpec = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let location = inner.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
-            SpecError { file: file.into(), path: if path == "." { "(root)".into() } else { path }, reason: format!("{inner}{location}") }
+            let location = inner
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            SpecError {
+                file: file.into(),
+                path: if path == "." { "(root)".into() } else { path },
+                reason: format!("{inner}{location}"),
+            }
         })?;
         spec.validate(file)?;
         Ok(spec)
@@ -352,8 +380,11 @@ impl PipelineSpec {
 
     /// The spec shipped in `pipelines/fulfillment.yaml`, embedded at build time.
     pub fn builtin() -> PipelineSpec {
-        Self::parse(include_str!("../../pipelines/fulfillment.yaml"), "pipelines/fulfillment.yaml")
-            .expect("the shipped pipeline spec is valid")
+        Self::parse(
+            include_str!("../../pipelines/fulfillment.yaml"),
+            "pipelines/fulfillment.yaml",
+        )
+        .expect("the shipped pipeline spec is valid")
     }
 
     pub fn kpi_index(&self, name: &str) -> Option<usize> {
@@ -361,23 +392,39 @@ impl PipelineSpec {
     }
 
     fn validate(&mut self, file: &str) -> Result<(), SpecError> {
-        let err = |path: String, reason: String| SpecError { file: file.into(), path, reason };
+        let err = |path: String, reason: String| SpecError {
+            file: file.into(),
+            path,
+            reason,
+        };
         if self.version != 1 {
-            return Err(err("version".into(), format!("unsupported spec version {} (expected 1)", self.version)));
+            return Err(err(
+                "version".into(),
+                format!("unsupported spec version {} (expected 1)", self.version),
+            ));
         }
         let t = &self.time;
         if t.tick.ms() <= 0 {
             return Err(err("time.tick".into(), "must be positive".into()));
         }
-        for (name, d) in [("out_of_orderness", t.out_of_orderness), ("allowed_lateness", t.allowed_lateness)] {
+        for (name, d) in [
+            ("out_of_orderness", t.out_of_orderness),
+            ("allowed_lateness", t.allowed_lateness),
+        ] {
             if d.ms() < 0 {
                 return Err(err(format!("time.{name}"), "must not be negative".into()));
             }
         }
         if t.partitions == 0 || t.partitions > 4096 {
-            return Err(err("time.partitions".into(), "must be between 1 and 4096".into()));
+            return Err(err(
+                "time.partitions".into(),
+                "must be between 1 and 4096".into(),
+            ));
         }
-        let mut levels: Vec<(String, &ServiceLevel)> = vec![("service_levels.default".into(), &self.service_levels.default)];
+        let mut levels: Vec<(String, &ServiceLevel)> = vec![(
+            "service_levels.default".into(),
+            &self.service_levels.default,
+        )];
         for (mode, l) in &self.service_levels.ship_modes {
             levels.push((format!("service_levels.ship_modes.{mode}"), l));
         }
@@ -390,8 +437,16 @@ impl PipelineSpec {
         let mut compiled = Vec::with_capacity(self.kpis.len());
         for (i, k) in self.kpis.iter().enumerate() {
             let at = |field: &str| format!("kpis[{i}].{field}");
-            if k.name.is_empty() || !k.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(err(at("name"), format!("`{}` must be non-empty snake_case", k.name)));
+            if k.name.is_empty()
+                || !k
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(err(
+                    at("name"),
+                    format!("`{}` must be non-empty snake_case", k.name),
+                ));
             }
             if !names.insert(k.name.clone()) {
                 return Err(err(at("name"), format!("duplicate KPI name `{}`", k.name)));
@@ -400,97 +455,172 @@ impl PipelineSpec {
         }
         let dev = &self.deviations;
         if dev.fulfillment_gap.transit_factor <= 0.0 {
-            return Err(err("deviations.fulfillment_gap.transit_factor".into(), "must be positive".into()));
+            return Err(err(
+                "deviations.fulfillment_gap.transit_factor".into(),
+                "must be positive".into(),
+            ));
         }
         for (j, name) in dev.anomaly.kpis.iter().enumerate() {
             let path = format!("deviations.anomaly.kpis[{j}]");
             match compiled.iter().find(|k| &k.name == name) {
                 None => return Err(err(path, format!("unknown KPI `{name}`"))),
                 Some(k) if k.thresholds.is_none() => {
-                    return Err(err(path, format!("KPI `{name}` has no thresholds, so no bad direction")))
+                    return Err(err(
+                        path,
+                        format!("KPI `{name}` has no thresholds, so no bad direction"),
+                    ))
                 }
                 Some(_) => {}
             }
         }
-        if dev.anomaly.baseline_windows == 0 || dev.anomaly.min_baseline == 0 || dev.anomaly.min_baseline > dev.anomaly.baseline_windows {
-            return Err(err("deviations.anomaly.min_baseline".into(), "need 1 <= min_baseline <= baseline_windows".into()));
+        if dev.anomaly.baseline_windows == 0
+            || dev.anomaly.min_baseline == 0
+            || dev.anomaly.min_baseline > dev.anomaly.baseline_windows
+        {
+            return Err(err(
+                "deviations.anomaly.min_baseline".into(),
+                "need 1 <= min_baseline <= baseline_windows".into(),
+            ));
         }
         let r = &self.risk;
         if !(0.0 < r.prior_late_rate && r.prior_late_rate < 1.0) {
-            return Err(err("risk.prior_late_rate".into(), "must be in (0, 1)".into()));
+            return Err(err(
+                "risk.prior_late_rate".into(),
+                "must be in (0, 1)".into(),
+            ));
         }
         if !(0.0 < r.warn && r.warn <= r.critical && r.critical <= 1.0) {
-            return Err(err("risk.warn".into(), "need 0 < warn <= critical <= 1".into()));
+            return Err(err(
+                "risk.warn".into(),
+                "need 0 < warn <= critical <= 1".into(),
+            ));
         }
         if r.weights.slack_scale.ms() <= 0 {
-            return Err(err("risk.weights.slack_scale".into(), "must be positive".into()));
+            return Err(err(
+                "risk.weights.slack_scale".into(),
+                "must be positive".into(),
+            ));
         }
-        if self.retention.finished.ms() < t.allowed_lateness.ms() || self.retention.idle_open.ms() < t.allowed_lateness.ms() {
-            return Err(err("retention".into(), "retention must be at least time.allowed_lateness".into()));
+        if self.retention.finished.ms() < t.allowed_lateness.ms()
+            || self.retention.idle_open.ms() < t.allowed_lateness.ms()
+        {
+            return Err(err(
+                "retention".into(),
+                "retention must be at least time.allowed_lateness".into(),
+            ));
         }
         self.compiled = compiled;
         Ok(())
     }
 }
 
-fn compile_kpi(k: &KpiSpec, tick: Duration, at: &dyn Fn(&str) -> String) -> Result<Kpi, (String, String)> {
+fn compile_kpi(
+    k: &KpiSpec,
+    tick: Duration,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Kpi, (String, String)> {
     let fact = |path: &str, name: &Option<String>| -> Result<FactKind, (String, String)> {
-        let name = name.as_deref().ok_or((at(path), "required for this aggregation".to_string()))?;
-        FactKind::parse(name).ok_or((at(path), format!("unknown fact `{name}` (one of: {})", FactKind::names())))
+        let name = name
+            .as_deref()
+            .ok_or((at(path), "required for this aggregation".to_string()))?;
+        FactKind::parse(name).ok_or((
+            at(path),
+            format!("unknown fact `{name}` (one of: {})", FactKind::names()),
+        ))
     };
-    let flags = |path: &str, kind: FactKind, list: &[String]| -> Result<Vec<(FactFlag, bool)>, (String, String)> {
+    let flags = |path: &str,
+                 kind: FactKind,
+                 list: &[String]|
+     -> Result<Vec<(FactFlag, bool)>, (String, String)> {
         list.iter()
             .map(|w| {
                 let (name, want) = match w.strip_prefix('!') {
                     Some(rest) => (rest, false),
                     None => (w.as_str(), true),
                 };
-                let flag = FactFlag::parse(name)
-                    .ok_or((at(path), format!("unknown flag `{name}` (one of: {})", FactFlag::names())))?;
+                let flag = FactFlag::parse(name).ok_or((
+                    at(path),
+                    format!("unknown flag `{name}` (one of: {})", FactFlag::names()),
+                ))?;
                 if !kind.has_flag(flag) {
-                    return Err((at(path), format!("fact `{}` has no flag `{name}`", kind.as_str())));
+                    return Err((
+                        at(path),
+                        format!("fact `{}` has no flag `{name}`", kind.as_str()),
+                    ));
                 }
                 Ok((flag, want))
             })
             .collect()
     };
     let field = |kind: FactKind| -> Result<FactField, (String, String)> {
-        let name = k.field.as_deref().ok_or((at("field"), "required for this aggregation".to_string()))?;
-        let f = FactField::parse(name).ok_or((at("field"), format!("unknown field `{name}` (one of: {})", FactField::names())))?;
+        let name = k
+            .field
+            .as_deref()
+            .ok_or((at("field"), "required for this aggregation".to_string()))?;
+        let f = FactField::parse(name).ok_or((
+            at("field"),
+            format!("unknown field `{name}` (one of: {})", FactField::names()),
+        ))?;
         if !kind.has_field(f) {
-            return Err((at("field"), format!("fact `{}` has no field `{name}`", kind.as_str())));
+            return Err((
+                at("field"),
+                format!("fact `{}` has no field `{name}`", kind.as_str()),
+            ));
         }
         Ok(f)
     };
     let measure = match k.aggregation.as_str() {
         "count" => {
             let kind = fact("fact", &k.fact)?;
-            Measure::Count { sel: FactSel { kind, flags: flags("where", kind, &k.where_)? } }
+            Measure::Count {
+                sel: FactSel {
+                    kind,
+                    flags: flags("where", kind, &k.where_)?,
+                },
+            }
         }
         "rate" => {
             let kind = fact("fact", &k.fact)?;
             if k.hit.is_empty() {
                 return Err((at("hit"), "a rate needs at least one hit flag".into()));
             }
-            Measure::Rate { sel: FactSel { kind, flags: flags("where", kind, &k.where_)? }, hit: flags("hit", kind, &k.hit)? }
+            Measure::Rate {
+                sel: FactSel {
+                    kind,
+                    flags: flags("where", kind, &k.where_)?,
+                },
+                hit: flags("hit", kind, &k.hit)?,
+            }
         }
         "ratio" => {
             let sel = |path: &str, s: &Option<Selection>| -> Result<FactSel, (String, String)> {
-                let s = s.as_ref().ok_or((at(path), "required for a ratio".to_string()))?;
+                let s = s
+                    .as_ref()
+                    .ok_or((at(path), "required for a ratio".to_string()))?;
                 let kind = fact(&format!("{path}.fact"), &Some(s.fact.clone()))?;
-                Ok(FactSel { kind, flags: flags(&format!("{path}.where"), kind, &s.where_)? })
+                Ok(FactSel {
+                    kind,
+                    flags: flags(&format!("{path}.where"), kind, &s.where_)?,
+                })
             };
-            Measure::Ratio { num: sel("numerator", &k.numerator)?, den: sel("denominator", &k.denominator)? }
+            Measure::Ratio {
+                num: sel("numerator", &k.numerator)?,
+                den: sel("denominator", &k.denominator)?,
+            }
         }
         "mean" | "sum" | "quantile" => {
             let kind = fact("fact", &k.fact)?;
-            let sel = FactSel { kind, flags: flags("where", kind, &k.where_)? };
+            let sel = FactSel {
+                kind,
+                flags: flags("where", kind, &k.where_)?,
+            };
             let f = field(kind)?;
             match k.aggregation.as_str() {
                 "mean" => Measure::Mean { sel, field: f },
                 "sum" => Measure::Sum { sel, field: f },
                 _ => {
-                    let q = k.q.ok_or((at("q"), "required for a quantile".to_string()))?;
+                    let q =
+                        k.q.ok_or((at("q"), "required for a quantile".to_string()))?;
                     if !(q > 0.0 && q <= 1.0) {
                         return Err((at("q"), format!("{q} is not in (0, 1]")));
                     }
@@ -504,12 +634,18 @@ fn compile_kpi(k: &KpiSpec, tick: Duration, at: &dyn Fn(&str) -> String) -> Resu
             }
             Measure::Gauge
         }
-        other => {
-            return Err((at("aggregation"), format!("unknown aggregation `{other}` (count, rate, ratio, mean, sum, quantile, gauge)")))
-        }
+        other => return Err((
+            at("aggregation"),
+            format!(
+                "unknown aggregation `{other}` (count, rate, ratio, mean, sum, quantile, gauge)"
+            ),
+        )),
     };
     if k.dimensions.is_empty() {
-        return Err((at("dimensions"), "list at least one dimension set (`global` for none)".into()));
+        return Err((
+            at("dimensions"),
+            "list at least one dimension set (`global` for none)".into(),
+        ));
     }
     let mut dimension_sets = Vec::new();
     for (j, d) in k.dimensions.iter().enumerate() {
@@ -526,23 +662,38 @@ fn compile_kpi(k: &KpiSpec, tick: Duration, at: &dyn Fn(&str) -> String) -> Resu
                 .collect::<Result<Vec<_>, _>>()?
         };
         if matches!(measure, Measure::Gauge) && set.contains(&Dimension::Carrier) {
-            return Err((at(&format!("dimensions[{j}]")), "unshipped backlog has no carrier".into()));
+            return Err((
+                at(&format!("dimensions[{j}]")),
+                "unshipped backlog has no carrier".into(),
+            ));
         }
         if dimension_sets.contains(&set) {
-            return Err((at(&format!("dimensions[{j}]")), format!("duplicate dimension set `{d}`")));
+            return Err((
+                at(&format!("dimensions[{j}]")),
+                format!("duplicate dimension set `{d}`"),
+            ));
         }
         dimension_sets.push(set);
     }
     let w = k.window;
     if w.size.ms() <= 0 || w.size.ms() % tick.ms() != 0 {
-        return Err((at("window.size"), "must be a positive multiple of time.tick".into()));
+        return Err((
+            at("window.size"),
+            "must be a positive multiple of time.tick".into(),
+        ));
     }
     if let Some(slide) = w.slide {
         if matches!(measure, Measure::Gauge) {
-            return Err((at("window.slide"), "a gauge has tumbling windows only".into()));
+            return Err((
+                at("window.slide"),
+                "a gauge has tumbling windows only".into(),
+            ));
         }
         if slide.ms() <= 0 || slide.ms() % tick.ms() != 0 || w.size.ms() % slide.ms() != 0 {
-            return Err((at("window.slide"), "must be a positive multiple of time.tick that divides window.size".into()));
+            return Err((
+                at("window.slide"),
+                "must be a positive multiple of time.tick that divides window.size".into(),
+            ));
         }
     }
     if let Some(th) = &k.thresholds {
@@ -551,7 +702,10 @@ fn compile_kpi(k: &KpiSpec, tick: Duration, at: &dyn Fn(&str) -> String) -> Resu
             Direction::Below => th.warn >= th.critical,
         };
         if !ordered {
-            return Err((at("thresholds"), "critical must be beyond warn in the bad direction".into()));
+            return Err((
+                at("thresholds"),
+                "critical must be beyond warn in the bad direction".into(),
+            ));
         }
     }
     Ok(Kpi {

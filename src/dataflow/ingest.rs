@@ -65,11 +65,26 @@ pub struct Round {
 }
 
 impl Ingest {
-    pub fn new(readers: Vec<Box<dyn PartitionReader>>, spec: &PipelineSpec, pacing: Pacing) -> Self {
+    pub fn new(
+        readers: Vec<Box<dyn PartitionReader>>,
+        spec: &PipelineSpec,
+        pacing: Pacing,
+    ) -> Self {
         let now = Instant::now();
         Ingest {
-            parts: readers.into_iter().map(|reader| PartitionCursor { reader, max_ts: None, finished: false, last_data: now, idle: false }).collect(),
-            clock: TickClock { tick_ms: spec.time.tick.ms() },
+            parts: readers
+                .into_iter()
+                .map(|reader| PartitionCursor {
+                    reader,
+                    max_ts: None,
+                    finished: false,
+                    last_data: now,
+                    idle: false,
+                })
+                .collect(),
+            clock: TickClock {
+                tick_ms: spec.time.tick.ms(),
+            },
             trail_ms: spec.time.out_of_orderness.ms() + spec.time.allowed_lateness.ms(),
             idle_timeout: Duration::from_millis(spec.time.idle_timeout.ms().max(0) as u64),
             batch: RawBatch::default(),
@@ -104,8 +119,12 @@ impl Ingest {
             match status {
                 PollStatus::Finished => self.parts[i].finished = true,
                 PollStatus::Idle => {
-                    if !self.parts[i].idle && self.parts[i].last_data.elapsed() >= self.idle_timeout {
-                        tracing::info!(partition, "partition idle; no longer holding back the watermark");
+                    if !self.parts[i].idle && self.parts[i].last_data.elapsed() >= self.idle_timeout
+                    {
+                        tracing::info!(
+                            partition,
+                            "partition idle; no longer holding back the watermark"
+                        );
                         self.parts[i].idle = true;
                     }
                 }
@@ -159,23 +178,41 @@ impl Ingest {
         counters.received.fetch_add(received, Ordering::Relaxed);
         counters.dead_lettered.fetch_add(dead, Ordering::Relaxed);
         counters.late.fetch_add(late, Ordering::Relaxed);
-        counters.accepted.fetch_add(accepted as u64, Ordering::Relaxed);
+        counters
+            .accepted
+            .fetch_add(accepted as u64, Ordering::Relaxed);
         self.pace(out);
         let live: Vec<&PartitionCursor> = self.parts.iter().filter(|p| !p.finished).collect();
         if live.is_empty() {
-            return Round { frontier: None, accepted };
+            return Round {
+                frontier: None,
+                accepted,
+            };
         }
-        let holding = live.iter().filter(|p| !p.idle).map(|p| self.partition_frontier(p.max_ts)).min();
+        let holding = live
+            .iter()
+            .filter(|p| !p.idle)
+            .map(|p| self.partition_frontier(p.max_ts))
+            .min();
         // When every live partition is idle, hold the frontier where it is.
-        Round { frontier: Some(holding.unwrap_or(input_time).max(input_time)), accepted }
+        Round {
+            frontier: Some(holding.unwrap_or(input_time).max(input_time)),
+            accepted,
+        }
     }
 
     /// Sleeps so that event time does not run ahead of scaled wall time.
     fn pace(&mut self, out: &[OrderEvent]) {
-        let Pacing::Scaled(factor) = self.pacing else { return };
-        let Some(latest) = out.iter().map(|e| e.ts).max() else { return };
+        let Pacing::Scaled(factor) = self.pacing else {
+            return;
+        };
+        let Some(latest) = out.iter().map(|e| e.ts).max() else {
+            return;
+        };
         let (origin_wall, origin_ts) = *self.pace_origin.get_or_insert((Instant::now(), latest));
-        let due = Duration::from_secs_f64(((latest - origin_ts).max(0) as f64 / factor.max(1e-9)) / 1000.0);
+        let due = Duration::from_secs_f64(
+            ((latest - origin_ts).max(0) as f64 / factor.max(1e-9)) / 1000.0,
+        );
         let elapsed = origin_wall.elapsed();
         if due > elapsed {
             std::thread::sleep((due - elapsed).min(Duration::from_secs(5)));

@@ -13,7 +13,10 @@ use crate::model::records::KpiStatus;
 /// Divisor from a field's base unit to its display unit (ms -> hours, cents -> currency, ppm -> p).
 pub fn field_scale(f: FactField) -> f64 {
     match f {
-        FactField::DelayMs | FactField::OrderToDeliveryMs | FactField::TransitMs | FactField::OrderToShipMs => 3_600_000.0,
+        FactField::DelayMs
+        | FactField::OrderToDeliveryMs
+        | FactField::TransitMs
+        | FactField::OrderToShipMs => 3_600_000.0,
         FactField::AmountCents => 100.0,
         FactField::RiskPpm => 1_000_000.0,
         FactField::Qty => 1.0,
@@ -26,10 +29,16 @@ pub fn field_scale(f: FactField) -> f64 {
 pub fn kpi_value(measure: &Measure, numerator: i64, denominator: i64) -> Option<f64> {
     match measure {
         Measure::Count { .. } | Measure::Gauge => Some(numerator as f64),
-        Measure::Rate { .. } | Measure::Ratio { .. } => (denominator > 0).then(|| numerator as f64 / denominator as f64),
-        Measure::Mean { field, .. } => (denominator > 0).then(|| numerator as f64 / denominator as f64 / field_scale(*field)),
+        Measure::Rate { .. } | Measure::Ratio { .. } => {
+            (denominator > 0).then(|| numerator as f64 / denominator as f64)
+        }
+        Measure::Mean { field, .. } => {
+            (denominator > 0).then(|| numerator as f64 / denominator as f64 / field_scale(*field))
+        }
         Measure::Sum { field, .. } => Some(numerator as f64 / field_scale(*field)),
-        Measure::Quantile { field, .. } => (denominator > 0).then(|| numerator as f64 / field_scale(*field)),
+        Measure::Quantile { field, .. } => {
+            (denominator > 0).then(|| numerator as f64 / field_scale(*field))
+        }
     }
 }
 
@@ -40,7 +49,9 @@ pub fn quantile_rank(q: f64, n: usize) -> usize {
 
 /// Threshold status of a value supported by `count` facts (the denominator; 1 for gauges).
 pub fn kpi_status(kpi: &Kpi, value: Option<f64>, count: i64) -> KpiStatus {
-    let (Some(th), Some(v)) = (kpi.thresholds.as_ref(), value) else { return KpiStatus::Unrated };
+    let (Some(th), Some(v)) = (kpi.thresholds.as_ref(), value) else {
+        return KpiStatus::Unrated;
+    };
     if count < th.min_count as i64 {
         return KpiStatus::Unrated;
     }
@@ -67,7 +78,12 @@ pub fn status_count(measure: &Measure, denominator: i64) -> i64 {
 
 /// z-score of `value` against the last `rule.baseline_windows` entries of `history` (oldest
 /// first), when at least `rule.min_baseline` exist and the deviation is in the bad direction.
-pub fn anomaly_z(history: &[f64], value: f64, direction: Direction, rule: &AnomalyRule) -> Option<f64> {
+pub fn anomaly_z(
+    history: &[f64],
+    value: f64,
+    direction: Direction,
+    rule: &AnomalyRule,
+) -> Option<f64> {
     let base = &history[history.len().saturating_sub(rule.baseline_windows)..];
     if base.len() < rule.min_baseline {
         return None;

@@ -71,7 +71,9 @@ impl KpiInput {
     pub fn route(&self) -> u64 {
         match self {
             KpiInput::Partial(k, _, _) => k.series(),
-            KpiInput::Level((kpi, dimset, labels), _, _, _) => series_hash(*kpi, *dimset, labels_hash(labels)),
+            KpiInput::Level((kpi, dimset, labels), _, _, _) => {
+                series_hash(*kpi, *dimset, labels_hash(labels))
+            }
         }
     }
 }
@@ -99,7 +101,11 @@ impl Preaggregator {
         let mut by_kind = vec![Vec::new(); FactKind::ALL.len()];
         for (i, k) in spec.compiled.iter().enumerate() {
             let kinds: Vec<FactKind> = match &k.measure {
-                Measure::Count { sel } | Measure::Rate { sel, .. } | Measure::Mean { sel, .. } | Measure::Sum { sel, .. } | Measure::Quantile { sel, .. } => vec![sel.kind],
+                Measure::Count { sel }
+                | Measure::Rate { sel, .. }
+                | Measure::Mean { sel, .. }
+                | Measure::Sum { sel, .. }
+                | Measure::Quantile { sel, .. } => vec![sel.kind],
                 Measure::Ratio { num, den } => vec![num.kind, den.kind],
                 Measure::Gauge => vec![],
             };
@@ -109,7 +115,11 @@ impl Preaggregator {
                 }
             }
         }
-        Preaggregator { spec, by_kind, cells: FxHashMap::default() }
+        Preaggregator {
+            spec,
+            by_kind,
+            cells: FxHashMap::default(),
+        }
     }
 
     pub fn add(&mut self, f: &Fact) {
@@ -126,7 +136,11 @@ impl Preaggregator {
                     if !selects(sel, f) {
                         continue;
                     }
-                    (hit.iter().all(|(flag, want)| f.flag(*flag) == *want) as i64, 1, None)
+                    (
+                        hit.iter().all(|(flag, want)| f.flag(*flag) == *want) as i64,
+                        1,
+                        None,
+                    )
                 }
                 Measure::Ratio { num, den } => {
                     let (n, d) = (selects(num, f) as i64, selects(den, f) as i64);
@@ -135,7 +149,8 @@ impl Preaggregator {
                     }
                     (n, d, None)
                 }
-                Measure::Mean { sel, field } | Measure::Sum { sel, field } => match f.field(*field) {
+                Measure::Mean { sel, field } | Measure::Sum { sel, field } => match f.field(*field)
+                {
                     Some(v) if selects(sel, f) => (v, 1, None),
                     _ => continue,
                 },
@@ -150,8 +165,16 @@ impl Preaggregator {
                 let Some(labels) = labels else { continue };
                 let lh = labels_hash(&labels);
                 for window_start in kpi.window.windows_of(f.ts) {
-                    let key = CellKey { kpi: ki, dimset: si as u16, labels_hash: lh, window_start };
-                    let entry = self.cells.entry(key).or_insert_with(|| (labels.clone(), Partial::default()));
+                    let key = CellKey {
+                        kpi: ki,
+                        dimset: si as u16,
+                        labels_hash: lh,
+                        window_start,
+                    };
+                    let entry = self
+                        .cells
+                        .entry(key)
+                        .or_insert_with(|| (labels.clone(), Partial::default()));
                     entry.1.num += num;
                     entry.1.den += den;
                     if let Some(v) = value {
@@ -164,7 +187,9 @@ impl Preaggregator {
 
     /// Takes the accumulated partials.
     pub fn drain(&mut self) -> impl Iterator<Item = KpiInput> + '_ {
-        self.cells.drain().map(|(k, (labels, p))| KpiInput::Partial(k, labels, p))
+        self.cells
+            .drain()
+            .map(|(k, (labels, p))| KpiInput::Partial(k, labels, p))
     }
 }
 
@@ -191,11 +216,15 @@ pub struct CellState {
 
 impl CellState {
     pub fn new(spec: std::sync::Arc<PipelineSpec>) -> Self {
-        let clock = TickClock { tick_ms: spec.time.tick.ms() };
+        let clock = TickClock {
+            tick_ms: spec.time.tick.ms(),
+        };
         let anomaly_kpis = spec
             .compiled
             .iter()
-            .map(|k| spec.deviations.anomaly.enabled && spec.deviations.anomaly.kpis.contains(&k.name))
+            .map(|k| {
+                spec.deviations.anomaly.enabled && spec.deviations.anomaly.kpis.contains(&k.name)
+            })
             .collect();
         CellState {
             spec,
@@ -220,7 +249,14 @@ impl CellState {
         self.cells.entry(key).or_insert_with(|| {
             let end = key.window_start + kpi.window.size.ms();
             closing.entry(clock.tick_of(end)).or_default().push(key);
-            Cell { labels: labels.clone(), num: 0, den: 0, values: Vec::new(), version: 0, dirty: false }
+            Cell {
+                labels: labels.clone(),
+                num: 0,
+                den: 0,
+                values: Vec::new(),
+                version: 0,
+                dirty: false,
+            }
         })
     }
 
@@ -233,7 +269,11 @@ impl CellState {
                 c.values.extend_from_slice(&p.values);
                 c.dirty = true;
             }
-            KpiInput::Level(key, count, tick, diff) => self.levels_pending.entry(tick).or_default().push((key, count, diff)),
+            KpiInput::Level(key, count, tick, diff) => self
+                .levels_pending
+                .entry(tick)
+                .or_default()
+                .push((key, count, diff)),
         }
     }
 
@@ -267,7 +307,12 @@ impl CellState {
                 let kpi = &self.spec.compiled[series.0 as usize];
                 let size = kpi.window.size.ms();
                 let window_start = self.clock.start_of(tick).div_euclid(size) * size;
-                let key = CellKey { kpi: series.0, dimset: series.1, labels_hash: series.2, window_start };
+                let key = CellKey {
+                    kpi: series.0,
+                    dimset: series.1,
+                    labels_hash: series.2,
+                    window_start,
+                };
                 let c = self.cell(key, &labels);
                 c.num = level;
                 c.den = 1;
@@ -291,7 +336,12 @@ impl CellState {
             for (key, cell) in self.cells.iter_mut().filter(|(_, c)| c.dirty) {
                 cell.dirty = false;
                 cell.version += 1;
-                out.push(KpiOutput::Record(record(&spec.compiled[key.kpi as usize], key, cell, false)));
+                out.push(KpiOutput::Record(record(
+                    &spec.compiled[key.kpi as usize],
+                    key,
+                    cell,
+                    false,
+                )));
             }
         }
     }
@@ -301,15 +351,27 @@ impl CellState {
         let kpi = &spec.compiled[key.kpi as usize];
         cell.version += 1;
         let rec = record(kpi, &key, &mut cell, true);
-        if spec.deviations.kpi_breach.enabled && matches!(rec.status, KpiStatus::Warn | KpiStatus::Critical) {
+        if spec.deviations.kpi_breach.enabled
+            && matches!(rec.status, KpiStatus::Warn | KpiStatus::Critical)
+        {
             let th = kpi.thresholds.expect("rated implies thresholds");
-            let severity = if rec.status == KpiStatus::Critical { Severity::Critical } else { Severity::Warning };
+            let severity = if rec.status == KpiStatus::Critical {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
             let mut evidence = BTreeMap::new();
             evidence.insert("value".to_string(), rec.value.unwrap_or(f64::NAN));
             evidence.insert("warn".to_string(), th.warn);
             evidence.insert("critical".to_string(), th.critical);
             evidence.insert("count".to_string(), rec.denominator as f64);
-            out.push(KpiOutput::Deviation(Box::new(kpi_deviation(DeviationType::KpiThresholdBreach, severity, kpi, &rec, evidence))));
+            out.push(KpiOutput::Deviation(Box::new(kpi_deviation(
+                DeviationType::KpiThresholdBreach,
+                severity,
+                kpi,
+                &rec,
+                evidence,
+            ))));
         }
         if self.anomaly_kpis[key.kpi as usize] && rec.status != KpiStatus::Unrated {
             if let Some(v) = rec.value {
@@ -324,7 +386,13 @@ impl CellState {
                     evidence.insert("value".to_string(), v);
                     evidence.insert("baseline_mean".to_string(), base);
                     evidence.insert("z".to_string(), z);
-                    out.push(KpiOutput::Deviation(Box::new(kpi_deviation(DeviationType::KpiAnomaly, rule.severity, kpi, &rec, evidence))));
+                    out.push(KpiOutput::Deviation(Box::new(kpi_deviation(
+                        DeviationType::KpiAnomaly,
+                        rule.severity,
+                        kpi,
+                        &rec,
+                        evidence,
+                    ))));
                 }
                 history.push_back(v);
                 while history.len() > rule.baseline_windows {
@@ -343,7 +411,10 @@ fn record(kpi: &Kpi, key: &CellKey, cell: &mut Cell, is_final: bool) -> KpiRecor
                 (0, 0)
             } else {
                 cell.values.sort_unstable();
-                (cell.values[quantile_rank(*q, cell.values.len()) - 1], cell.values.len() as i64)
+                (
+                    cell.values[quantile_rank(*q, cell.values.len()) - 1],
+                    cell.values.len() as i64,
+                )
             }
         }
         _ => (cell.num, cell.den),
@@ -352,7 +423,11 @@ fn record(kpi: &Kpi, key: &CellKey, cell: &mut Cell, is_final: bool) -> KpiRecor
     let set = &kpi.dimension_sets[key.dimset as usize];
     KpiRecord {
         kpi: kpi.name.clone(),
-        dims: set.iter().zip(cell.labels.iter()).map(|(d, l)| (d.as_str().to_string(), l.to_string())).collect(),
+        dims: set
+            .iter()
+            .zip(cell.labels.iter())
+            .map(|(d, l)| (d.as_str().to_string(), l.to_string()))
+            .collect(),
         window_start: key.window_start,
         window_end: key.window_start + kpi.window.size.ms(),
         value,
@@ -364,9 +439,19 @@ fn record(kpi: &Kpi, key: &CellKey, cell: &mut Cell, is_final: bool) -> KpiRecor
     }
 }
 
-fn kpi_deviation(kind: DeviationType, severity: Severity, kpi: &Kpi, rec: &KpiRecord, evidence: BTreeMap<String, f64>) -> Deviation {
+fn kpi_deviation(
+    kind: DeviationType,
+    severity: Severity,
+    kpi: &Kpi,
+    rec: &KpiRecord,
+    evidence: BTreeMap<String, f64>,
+) -> Deviation {
     let dims = dims_key(&rec.dims);
-    let scope = if dims.is_empty() { "globally".to_string() } else { format!("for {dims}") };
+    let scope = if dims.is_empty() {
+        "globally".to_string()
+    } else {
+        format!("for {dims}")
+    };
     let what = match kind {
         DeviationType::KpiAnomaly => "is anomalous",
         _ => "breached its threshold",
@@ -374,7 +459,13 @@ fn kpi_deviation(kind: DeviationType, severity: Severity, kpi: &Kpi, rec: &KpiRe
     let mut context = rec.dims.clone();
     context.insert("kpi".to_string(), kpi.name.clone());
     Deviation {
-        id: format!("{}:{}:{}:{}", kind.as_str(), kpi.name, dims, rec.window_start),
+        id: format!(
+            "{}:{}:{}:{}",
+            kind.as_str(),
+            kpi.name,
+            dims,
+            rec.window_start
+        ),
         kind,
         severity,
         order_id: None,
@@ -383,7 +474,9 @@ fn kpi_deviation(kind: DeviationType, severity: Severity, kpi: &Kpi, rec: &KpiRe
         summary: format!(
             "{} {what} {scope}: {} in window starting {}",
             kpi.name,
-            rec.value.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into()),
+            rec.value
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "n/a".into()),
             crate::model::time::format_rfc3339(rec.window_start)
         ),
         event_time: rec.window_end,

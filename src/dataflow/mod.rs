@@ -26,8 +26,11 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::AsCollection;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::vec::{Map, Partition};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 
@@ -40,13 +43,16 @@ use crate::sources::Source;
 pub use ingest::{Pacing, SharedCounters};
 pub use risk::RiskScore;
 
+use crate::model::facts::Fact;
 use kpis::{CellState, KpiInput, KpiOutput, Preaggregator};
-use orders::{OrderOutput, OrderState, RiskUpdate};
-use risk::{RiskOutput, RiskState};
+use orders::{BacklogUpdate, OrderOutputs, OrderState, RiskUpdate};
+use risk::{RiskOutputs, RiskState};
 
 /// Milliseconds since the epoch, wall clock.
 pub fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// How to run a job.
@@ -132,25 +138,48 @@ struct WorkerStats {
 }
 
 /// Runs the pipeline over `source` until it ends.
-pub fn run_job(spec: &PipelineSpec, source: Arc<dyn Source>, opts: &JobOptions) -> Result<JobReport, JobError> {
+pub fn run_job(
+    spec: &PipelineSpec,
+    source: Arc<dyn Source>,
+    opts: &JobOptions,
+) -> Result<JobReport, JobError> {
     let started = Instant::now();
     let spec = Arc::new(spec.clone());
     let (tx, rx) = crossbeam_channel::unbounded::<SinkMessage>();
-    let collector_opts = CollectorOptions { out_dir: opts.out_dir.clone(), keep_in_memory: opts.keep_in_memory, echo: opts.echo };
-    let collector = std::thread::Builder::new().name("sink-collector".into()).spawn(move || crate::sinks::collect(rx, collector_opts)).map_err(JobError::Output)?;
+    let collector_opts = CollectorOptions {
+        out_dir: opts.out_dir.clone(),
+        keep_in_memory: opts.keep_in_memory,
+        echo: opts.echo,
+    };
+    let collector = std::thread::Builder::new()
+        .name("sink-collector".into())
+        .spawn(move || crate::sinks::collect(rx, collector_opts))
+        .map_err(JobError::Output)?;
     let counters = Arc::new(SharedCounters::default());
     let worker_counters = counters.clone();
     let opts_w = opts.clone();
-    let guards = timely::execute(timely::Config::process(opts.workers.max(1)), move |worker| {
-        run_worker(worker, spec.clone(), source.clone(), &opts_w, tx.clone(), &worker_counters)
-    })
+    let guards = timely::execute(
+        timely::Config::process(opts.workers.max(1)),
+        move |worker| {
+            run_worker(
+                worker,
+                spec.clone(),
+                source.clone(),
+                &opts_w,
+                tx.clone(),
+                &worker_counters,
+            )
+        },
+    )
     .map_err(JobError::Timely)?;
     let mut peak = 0;
     for r in guards.join() {
         let stats = r.map_err(JobError::Worker)?;
         peak += stats.peak_live_orders;
     }
-    let collected = collector.join().map_err(|_| JobError::Worker("sink collector panicked".into()))??;
+    let collected = collector
+        .join()
+        .map_err(|_| JobError::Worker("sink collector panicked".into()))??;
     let c = &counters;
     let counters = Counters {
         received: c.received.load(Ordering::Relaxed),
@@ -205,225 +234,219 @@ fn run_worker(
     worker.dataflow::<u64, _, _>(|scope| {
         let events = input.to_stream(scope);
 
-        // Order state, exchanged by order id.
+        // Order state, exchanged by order id; three outputs plus deviations straight to the sink.
+        let mut builder = OperatorBuilder::new("OrderState".to_owned(), scope);
+        let mut events_in = builder.new_input(
+            events,
+            Exchange::new(|e: &OrderEvent| fx_hash(e.order_id.as_bytes())),
+        );
+        let (facts_out, order_facts) = builder.new_output::<Vec<Fact>>();
+        let (backlog_out, backlog) = builder.new_output::<Vec<BacklogUpdate>>();
+        let (risk_out, risk_updates) = builder.new_output::<Vec<RiskUpdate>>();
+        let mut facts_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<Fact>>>::from(facts_out);
+        let mut backlog_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<BacklogUpdate>>>::from(backlog_out);
+        let mut risk_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<RiskUpdate>>>::from(risk_out);
         let order_spec = spec.clone();
         let live = live_orders.clone();
-        let order_out = events.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<OrderOutput>>, _, _, _>(
-            Exchange::new(|e: &OrderEvent| fx_hash(e.order_id.as_bytes())),
-            "OrderState",
-            move |cap, _info| {
-                let mut state = OrderState::new(order_spec);
-                let mut cap = Some(cap);
-                let mut buffer = Vec::new();
-                move |(input, frontier), output| {
-                    input.for_each(|_time, data| {
-                        for e in data.drain(..) {
-                            state.stash(e);
-                        }
-                    });
-                    let f = frontier_of(frontier);
-                    state.advance(f, &mut buffer);
-                    if let Some(c) = cap.as_ref() {
-                        if !buffer.is_empty() {
-                            output.session(c).give_iterator(buffer.drain(..));
-                        }
+        let order_sink = sink.clone();
+        let order_counters = counters.clone();
+        builder.build(move |capabilities| {
+            let mut caps: Vec<Option<Capability<u64>>> =
+                capabilities.into_iter().map(Some).collect();
+            let mut state = OrderState::new(order_spec);
+            let mut out = OrderOutputs::default();
+            move |frontiers| {
+                events_in.for_each(|_time, data| {
+                    for e in data.drain(..) {
+                        state.stash(e);
                     }
-                    live.set(state.live_orders());
-                    follow_frontier(&mut cap, f);
-                }
-            },
-        );
-        let mut parts = order_out.partition(4, |o: OrderOutput| match o {
-            OrderOutput::Fact(_) => (0, o),
-            OrderOutput::Backlog(_) => (1, o),
-            OrderOutput::Risk(_) => (2, o),
-            OrderOutput::Deviation(_) | OrderOutput::Duplicate => (3, o),
-        });
-        let other = parts.pop().expect("4 parts");
-        let risk_updates = parts.pop().expect("4 parts");
-        let backlog = parts.pop().expect("4 parts");
-        let order_facts = parts.pop().expect("4 parts");
-
-        // Per-order deviations and duplicate counts leave here.
-        let dev_sink = sink.clone();
-        let dev_counters = counters.clone();
-        other.sink(Pipeline, "OrderDeviationsSink", move |(input, _)| {
-            input.for_each(|_t, data| {
-                let mut devs = Vec::new();
-                for o in data.drain(..) {
-                    match o {
-                        OrderOutput::Deviation(d) => devs.push(*d),
-                        OrderOutput::Duplicate => {
-                            dev_counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {}
+                });
+                let f = frontier_of(&frontiers[0]);
+                state.advance(f, &mut out);
+                if let Some(c) = caps[0].as_ref() {
+                    if !out.facts.is_empty() {
+                        facts_out
+                            .activate()
+                            .session(c)
+                            .give_iterator(out.facts.drain(..));
                     }
                 }
-                if !devs.is_empty() {
-                    dev_counters.deviations.fetch_add(devs.len() as u64, Ordering::Relaxed);
-                    let _ = dev_sink.send(SinkMessage::Deviations(devs));
+                if let Some(c) = caps[1].as_ref() {
+                    if !out.backlog.is_empty() {
+                        backlog_out
+                            .activate()
+                            .session(c)
+                            .give_iterator(out.backlog.drain(..));
+                    }
                 }
-            })
+                if let Some(c) = caps[2].as_ref() {
+                    if !out.risk.is_empty() {
+                        risk_out
+                            .activate()
+                            .session(c)
+                            .give_iterator(out.risk.drain(..));
+                    }
+                }
+                if !out.deviations.is_empty() {
+                    order_counters
+                        .deviations
+                        .fetch_add(out.deviations.len() as u64, Ordering::Relaxed);
+                    let _ = order_sink
+                        .send(SinkMessage::Deviations(std::mem::take(&mut out.deviations)));
+                }
+                if out.duplicates > 0 {
+                    order_counters
+                        .duplicates
+                        .fetch_add(std::mem::take(&mut out.duplicates), Ordering::Relaxed);
+                }
+                live.set(state.live_orders());
+                for cap in caps.iter_mut() {
+                    follow_frontier(cap, f);
+                }
+            }
         });
 
-        // Risk, exchanged by route.
+        // Risk, exchanged by route; facts downstream, deviations and scores to the sink.
         let risk_spec = spec.clone();
         let collect_scores = opts.collect_risk_scores;
-        let risk_out = risk_updates
-            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<RiskOutput>>, _, _, _>(
-                Exchange::new(|o: &OrderOutput| match o {
-                    OrderOutput::Risk(u) => route_hash(u),
-                    _ => 0,
-                }),
+        let risk_sink = sink.clone();
+        let risk_counters = counters.clone();
+        let risk_facts = risk_updates
+            .unary_frontier::<CapacityContainerBuilder<Vec<Fact>>, _, _, _>(
+                Exchange::new(route_hash),
                 "Risk",
                 move |cap, _info| {
                     let mut state = RiskState::new(risk_spec, collect_scores);
                     let mut cap = Some(cap);
-                    let mut buffer = Vec::new();
+                    let mut out = RiskOutputs::default();
                     move |(input, frontier), output| {
                         input.for_each(|_t, data| {
-                            for o in data.drain(..) {
-                                if let OrderOutput::Risk(u) = o {
-                                    state.stash(*u);
-                                }
+                            for u in data.drain(..) {
+                                state.stash(u);
                             }
                         });
                         let f = frontier_of(frontier);
-                        state.advance(f, &mut buffer);
+                        state.advance(f, &mut out);
                         if let Some(c) = cap.as_ref() {
-                            if !buffer.is_empty() {
-                                output.session(c).give_iterator(buffer.drain(..));
+                            if !out.facts.is_empty() {
+                                output.session(c).give_iterator(out.facts.drain(..));
                             }
+                        }
+                        if !out.deviations.is_empty() {
+                            risk_counters
+                                .deviations
+                                .fetch_add(out.deviations.len() as u64, Ordering::Relaxed);
+                            let _ = risk_sink
+                                .send(SinkMessage::Deviations(std::mem::take(&mut out.deviations)));
+                        }
+                        if !out.scores.is_empty() {
+                            let _ = risk_sink
+                                .send(SinkMessage::RiskScores(std::mem::take(&mut out.scores)));
                         }
                         follow_frontier(&mut cap, f);
                     }
                 },
             );
-        let risk_sink = sink.clone();
-        let risk_counters = counters.clone();
-        let risk_facts = risk_out.unary::<timely::container::CapacityContainerBuilder<Vec<OrderOutput>>, _, _, _>(Pipeline, "RiskSplit", move |_cap, _info| {
-            move |input, output| {
-                input.for_each(|time, data| {
-                    let mut facts = Vec::new();
-                    let mut devs = Vec::new();
-                    let mut scores = Vec::new();
-                    for o in data.drain(..) {
-                        match o {
-                            RiskOutput::Fact(f) => facts.push(OrderOutput::Fact(f)),
-                            RiskOutput::Deviation(d) => devs.push(*d),
-                            RiskOutput::Score(s) => scores.push(s),
-                        }
-                    }
-                    if !devs.is_empty() {
-                        risk_counters.deviations.fetch_add(devs.len() as u64, Ordering::Relaxed);
-                        let _ = risk_sink.send(SinkMessage::Deviations(devs));
-                    }
-                    if !scores.is_empty() {
-                        let _ = risk_sink.send(SinkMessage::RiskScores(scores));
-                    }
-                    if !facts.is_empty() {
-                        output.session(&time).give_iterator(facts.into_iter());
-                    }
-                });
-            }
-        });
 
         // Facts -> per-worker partials.
         let pre_spec = spec.clone();
         let fact_counters = counters.clone();
-        let partials = order_facts.concat(risk_facts).unary::<timely::container::CapacityContainerBuilder<Vec<KpiInput>>, _, _, _>(
-            Pipeline,
-            "Preaggregate",
-            move |_cap, _info| {
-                let mut pre = Preaggregator::new(pre_spec);
-                move |input, output| {
-                    input.for_each(|time, data| {
-                        let mut n = 0;
-                        for o in data.drain(..) {
-                            if let OrderOutput::Fact(f) = o {
-                                pre.add(&f);
-                                n += 1;
+        let partials = order_facts
+            .concat(risk_facts)
+            .unary::<CapacityContainerBuilder<Vec<KpiInput>>, _, _, _>(
+                Pipeline,
+                "Preaggregate",
+                move |_cap, _info| {
+                    let mut pre = Preaggregator::new(pre_spec);
+                    move |input, output| {
+                        input.for_each(|time, data| {
+                            for f in data.iter() {
+                                pre.add(f);
                             }
-                        }
-                        fact_counters.facts.fetch_add(n, Ordering::Relaxed);
-                        output.session(&time).give_iterator(pre.drain());
-                    });
-                }
-            },
-        );
+                            fact_counters
+                                .facts
+                                .fetch_add(data.len() as u64, Ordering::Relaxed);
+                            data.clear();
+                            output.session(&time).give_iterator(pre.drain());
+                        });
+                    }
+                },
+            );
 
         // Backlog: a differential collection with retractions, counted per series.
-        let levels = backlog
-            .flat_map(|o: OrderOutput| match o {
-                OrderOutput::Backlog(update) => Some(update),
-                _ => None,
-            })
-            .as_collection()
-            .count_total()
-            .inner
-            .flat_map(|((key, count), tick, diff): ((orders::BacklogKey, isize), u64, isize)| Some(KpiInput::Level(key, count as i64, tick, diff)));
+        let levels = backlog.as_collection().count_total().inner.map(
+            |((key, count), tick, diff): ((orders::BacklogKey, isize), u64, isize)| {
+                KpiInput::Level(key, count as i64, tick, diff)
+            },
+        );
 
         // Cells: windows, records, breaches, anomalies.
         let cell_spec = spec.clone();
         let interval = opts.kpi_update_interval;
-        let kpi_out = partials.concat(levels).unary_frontier::<timely::container::CapacityContainerBuilder<Vec<KpiOutput>>, _, _, _>(
-            Exchange::new(|i: &KpiInput| i.route()),
-            "Cells",
-            move |cap, _info| {
-                let mut state = CellState::new(cell_spec);
-                let mut cap = Some(cap);
-                let mut buffer = Vec::new();
-                let mut last_emit = Instant::now();
-                move |(input, frontier), output| {
-                    input.for_each(|_t, data| {
-                        for i in data.drain(..) {
-                            state.ingest(i);
-                        }
-                    });
-                    let f = frontier_of(frontier);
-                    let intermediate = f.is_some() && last_emit.elapsed() >= interval;
-                    if intermediate {
-                        last_emit = Instant::now();
-                    }
-                    state.advance(f, intermediate, &mut buffer);
-                    if let Some(c) = cap.as_ref() {
-                        if !buffer.is_empty() {
-                            output.session(c).give_iterator(buffer.drain(..));
-                        }
-                    }
-                    follow_frontier(&mut cap, f);
-                }
-            },
-        );
         let kpi_sink = sink.clone();
         let kpi_counters = counters.clone();
-        kpi_out.probe_with(&probe).sink(Pipeline, "KpiSink", move |(input, _)| {
-            input.for_each(|_t, data| {
-                let mut records = Vec::new();
-                let mut devs = Vec::new();
-                for o in data.drain(..) {
-                    match o {
-                        KpiOutput::Record(r) => records.push(r),
-                        KpiOutput::Deviation(d) => devs.push(*d),
+        partials
+            .concat(levels)
+            .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                Exchange::new(|i: &KpiInput| i.route()),
+                "Cells",
+                move |cap, _info| {
+                    let mut state = CellState::new(cell_spec);
+                    let mut cap = Some(cap);
+                    let mut buffer = Vec::new();
+                    let mut last_emit = Instant::now();
+                    move |(input, frontier), _output| {
+                        input.for_each(|_t, data| {
+                            for i in data.drain(..) {
+                                state.ingest(i);
+                            }
+                        });
+                        let f = frontier_of(frontier);
+                        let intermediate = f.is_some() && last_emit.elapsed() >= interval;
+                        if intermediate {
+                            last_emit = Instant::now();
+                        }
+                        state.advance(f, intermediate, &mut buffer);
+                        let mut records = Vec::new();
+                        let mut devs = Vec::new();
+                        for o in buffer.drain(..) {
+                            match o {
+                                KpiOutput::Record(r) => records.push(r),
+                                KpiOutput::Deviation(d) => devs.push(*d),
+                            }
+                        }
+                        if !devs.is_empty() {
+                            kpi_counters
+                                .deviations
+                                .fetch_add(devs.len() as u64, Ordering::Relaxed);
+                            let _ = kpi_sink.send(SinkMessage::Deviations(devs));
+                        }
+                        if !records.is_empty() {
+                            let _ = kpi_sink.send(SinkMessage::Kpis(records));
+                        }
+                        follow_frontier(&mut cap, f);
                     }
-                }
-                if !devs.is_empty() {
-                    kpi_counters.deviations.fetch_add(devs.len() as u64, Ordering::Relaxed);
-                    let _ = kpi_sink.send(SinkMessage::Deviations(devs));
-                }
-                if !records.is_empty() {
-                    let _ = kpi_sink.send(SinkMessage::Kpis(records));
-                }
-            })
-        });
+                },
+            )
+            .probe_with(&probe);
     });
 
     let mut ingest = ingest::Ingest::new(source.readers(index, peers), &spec, opts.pacing);
     let mut batch = Vec::with_capacity(opts.batch_per_partition * 2);
     let mut stats = WorkerStats::default();
     let mut since_sync = 0usize;
+    let ingest_started = Instant::now();
     loop {
-        let round = ingest.round(opts.batch_per_partition, *input.time(), &mut batch, &sink, counters);
+        let round = ingest.round(
+            opts.batch_per_partition,
+            *input.time(),
+            &mut batch,
+            &sink,
+            counters,
+        );
         if !batch.is_empty() {
             input.send_batch(&mut batch);
             batch.clear();
@@ -449,8 +472,19 @@ fn run_worker(
             std::thread::yield_now();
         }
     }
+    let ingest_done = Instant::now();
+    tracing::debug!(
+        worker = index,
+        ingest_ms = ingest_started.elapsed().as_millis() as u64,
+        "input exhausted"
+    );
     drop(input);
     while worker.step_or_park(None) {}
+    tracing::debug!(
+        worker = index,
+        drain_ms = ingest_done.elapsed().as_millis() as u64,
+        "input exhausted; final drain done"
+    );
     stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
     stats
 }

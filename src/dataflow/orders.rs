@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use compact_str::CompactString;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
@@ -37,7 +38,14 @@ pub type Route = (CompactString, CompactString, CompactString);
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum RiskInput {
     /// The order is open after this tick's events; `now` is its last event's ts.
-    Open { order_id: CompactString, snapshot: RiskSnapshot, dims: Dims, now: i64, ship_within_ms: i64, transit_ms: i64 },
+    Open {
+        order_id: CompactString,
+        snapshot: RiskSnapshot,
+        dims: Arc<Dims>,
+        now: i64,
+        ship_within_ms: i64,
+        transit_ms: i64,
+    },
     /// The order finished or was retired.
     Closed { order_id: CompactString },
     /// A delivery with a promise on the route.
@@ -54,16 +62,18 @@ pub struct RiskUpdate {
     pub input: RiskInput,
 }
 
-/// Everything the order-state operator emits.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum OrderOutput {
-    Fact(Fact),
-    Deviation(Box<Deviation>),
-    /// A differential update `(key, tick, diff)` of the backlog collection.
-    Backlog((BacklogKey, u64, isize)),
-    Risk(Box<RiskUpdate>),
-    /// Bookkeeping for the job report: duplicates seen.
-    Duplicate,
+/// A differential update `(key, tick, diff)` of the backlog collection.
+pub type BacklogUpdate = (BacklogKey, u64, isize);
+
+/// Everything the order-state operator emits, one buffer per output stream.
+#[derive(Debug, Default)]
+pub struct OrderOutputs {
+    pub facts: Vec<Fact>,
+    pub deviations: Vec<Deviation>,
+    pub backlog: Vec<BacklogUpdate>,
+    pub risk: Vec<RiskUpdate>,
+    /// Duplicates seen (bookkeeping for the job report).
+    pub duplicates: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,7 +96,7 @@ struct Created {
 
 #[derive(Clone, Debug, Default)]
 struct OrderRecord {
-    dims: Dims,
+    dims: Arc<Dims>,
     created: Option<Created>,
     shipped: Option<(i64, Option<u32>)>,
     delivered_ts: Option<i64>,
@@ -136,8 +146,18 @@ impl OrderState {
             .filter(|(_, k)| matches!(k.measure, Measure::Gauge))
             .map(|(i, k): (usize, &Kpi)| (i as u16, k.dimension_sets.clone()))
             .collect();
-        let clock = TickClock { tick_ms: spec.time.tick.ms() };
-        OrderState { spec, clock, orders: FxHashMap::default(), stash: BTreeMap::new(), timers: BTreeMap::new(), gauges, touched: FxHashSet::default() }
+        let clock = TickClock {
+            tick_ms: spec.time.tick.ms(),
+        };
+        OrderState {
+            spec,
+            clock,
+            orders: FxHashMap::default(),
+            stash: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            gauges,
+            touched: FxHashSet::default(),
+        }
     }
 
     /// Number of live order records.
@@ -147,11 +167,14 @@ impl OrderState {
 
     /// Stashes an accepted event until its tick is complete.
     pub fn stash(&mut self, event: OrderEvent) {
-        self.stash.entry(self.clock.tick_of(event.ts)).or_default().push(event);
+        self.stash
+            .entry(self.clock.tick_of(event.ts))
+            .or_default()
+            .push(event);
     }
 
     /// Applies every stashed event and due timer of ticks `< frontier` (all, if `None`), in tick order.
-    pub fn advance(&mut self, frontier: Option<u64>, out: &mut Vec<OrderOutput>) {
+    pub fn advance(&mut self, frontier: Option<u64>, out: &mut OrderOutputs) {
         let bound = frontier.unwrap_or(u64::MAX);
         loop {
             let next_event = self.stash.keys().next().copied();
@@ -169,7 +192,7 @@ impl OrderState {
         }
     }
 
-    fn process_tick(&mut self, tick: u64, out: &mut Vec<OrderOutput>) {
+    fn process_tick(&mut self, tick: u64, out: &mut OrderOutputs) {
         if let Some(mut events) = self.stash.remove(&tick) {
             events.sort_by(|a, b| a.processing_key().cmp(&b.processing_key()));
             for event in events {
@@ -192,19 +215,26 @@ impl OrderState {
 
     fn schedule(&mut self, deadline: i64, kind: TimerKind, order_id: &CompactString) {
         let tick = self.clock.tick_of(deadline);
-        self.timers.entry(tick).or_default().push((deadline, kind, order_id.clone()));
+        self.timers
+            .entry(tick)
+            .or_default()
+            .push((deadline, kind, order_id.clone()));
     }
 
     fn retention_deadline(&self, r: &OrderRecord) -> i64 {
-        let keep = if r.finished() { self.spec.retention.finished.ms() } else { self.spec.retention.idle_open.ms() };
+        let keep = if r.finished() {
+            self.spec.retention.finished.ms()
+        } else {
+            self.spec.retention.idle_open.ms()
+        };
         r.last_ts + keep
     }
 
-    fn apply(&mut self, tick: u64, e: OrderEvent, out: &mut Vec<OrderOutput>) {
+    fn apply(&mut self, tick: u64, e: OrderEvent, out: &mut OrderOutputs) {
         let id_hash = hash_str(&e.event_id);
         let rec = self.orders.entry(e.order_id.clone()).or_default();
         if rec.seen.contains(&id_hash) {
-            out.push(OrderOutput::Duplicate);
+            out.duplicates += 1;
             return;
         }
         rec.seen.push(id_hash);
@@ -222,10 +252,11 @@ impl OrderState {
             EventBody::OrderCreated(c) => {
                 if rec.created.is_none() {
                     let level = spec.service_levels.for_mode(&c.ship_mode);
-                    rec.dims.region = Some(c.region.clone());
-                    rec.dims.ship_mode = Some(c.ship_mode.clone());
-                    rec.dims.warehouse = Some(c.warehouse.clone());
-                    rec.dims.segment = Some(c.segment.clone());
+                    let dims = Arc::make_mut(&mut rec.dims);
+                    dims.region = Some(c.region.clone());
+                    dims.ship_mode = Some(c.ship_mode.clone());
+                    dims.warehouse = Some(c.warehouse.clone());
+                    dims.segment = Some(c.segment.clone());
                     rec.created = Some(Created {
                         ts,
                         promised_ts: c.promised_delivery_ts,
@@ -239,12 +270,15 @@ impl OrderState {
                     if let Some(q) = c.qty {
                         f.set_field(FactField::Qty, q as i64);
                     }
-                    out.push(OrderOutput::Fact(f));
+                    out.facts.push(f);
                     if dev.sla_ship.enabled {
                         timers.push((ts + level.ship_within.ms(), TimerKind::ShipBy));
                     }
                     if dev.sla_delivery.enabled {
-                        timers.push((c.promised_delivery_ts + dev.sla_delivery.grace.ms(), TimerKind::Delivery));
+                        timers.push((
+                            c.promised_delivery_ts + dev.sla_delivery.grace.ms(),
+                            TimerKind::Delivery,
+                        ));
                     }
                     if rec.shipped.is_none() && rec.cancelled_ts.is_none() {
                         rec.in_backlog = true;
@@ -259,7 +293,7 @@ impl OrderState {
                 if let Some(c) = &rec.created {
                     f.set_field(FactField::AmountCents, c.amount_cents);
                 }
-                out.push(OrderOutput::Fact(f));
+                out.facts.push(f);
                 if !failed {
                     rec.payment_failed_open = false;
                 } else if !rec.payment_failed_open {
@@ -271,14 +305,22 @@ impl OrderState {
                             _ => String::new(),
                         };
                         let n = rec.payment_failures_fired;
-                        out.push(order_deviation(
+                        out.deviations.push(order_deviation(
                             DeviationType::PaymentFailed,
                             dev.payment_failed.severity,
                             format!("payment_failed:{order_id}:{n}"),
                             order_id,
                             &rec.dims,
                             ts,
-                            vec![("attempt".into(), n as f64), ("amount".into(), rec.created.as_ref().map_or(0.0, |c| c.amount_cents as f64 / 100.0))],
+                            vec![
+                                ("attempt".into(), n as f64),
+                                (
+                                    "amount".into(),
+                                    rec.created
+                                        .as_ref()
+                                        .map_or(0.0, |c| c.amount_cents as f64 / 100.0),
+                                ),
+                            ],
                             format!("payment failed for order {order_id}: {reason}"),
                         ));
                     }
@@ -287,22 +329,32 @@ impl OrderState {
             EventBody::Shipped { carrier, qty, .. } => {
                 if rec.shipped.is_none() {
                     rec.shipped = Some((ts, *qty));
-                    rec.dims.carrier = Some(carrier.clone());
+                    Arc::make_mut(&mut rec.dims).carrier = Some(carrier.clone());
                     let mut f = Fact::new(FactKind::Shipment, ts, rec.dims.clone());
                     if let Some(c) = &rec.created {
                         f.set_field(FactField::OrderToShipMs, ts - c.ts);
                         if let Some(route) = route_of(&rec.dims) {
-                            out.push(OrderOutput::Risk(Box::new(RiskUpdate { tick, route, input: RiskInput::Shipped { order_to_ship_ms: ts - c.ts } })));
+                            out.risk.push(RiskUpdate {
+                                tick,
+                                route,
+                                input: RiskInput::Shipped {
+                                    order_to_ship_ms: ts - c.ts,
+                                },
+                            });
                         }
                     }
-                    out.push(OrderOutput::Fact(f));
+                    out.facts.push(f);
                     if rec.in_backlog {
                         rec.in_backlog = false;
                         backlog_change = -1;
                     }
                     if dev.fulfillment_gap.enabled {
-                        let transit = rec.created.as_ref().map_or(spec.service_levels.default.transit.ms(), |c| c.transit_ms);
-                        let window = (transit as f64 * dev.fulfillment_gap.transit_factor).round() as i64;
+                        let transit = rec
+                            .created
+                            .as_ref()
+                            .map_or(spec.service_levels.default.transit.ms(), |c| c.transit_ms);
+                        let window =
+                            (transit as f64 * dev.fulfillment_gap.transit_factor).round() as i64;
                         timers.push((ts + window, TimerKind::Gap));
                     }
                 }
@@ -313,13 +365,14 @@ impl OrderState {
                 rec.out_for_delivery = true;
             }
             EventBody::CarrierException { reason } => {
-                out.push(OrderOutput::Fact(Fact::new(FactKind::Exception, ts, rec.dims.clone())));
+                out.facts
+                    .push(Fact::new(FactKind::Exception, ts, rec.dims.clone()));
                 if !rec.exception_open {
                     rec.exception_open = true;
                     rec.exceptions_fired += 1;
                     if dev.carrier_exception.enabled {
                         let n = rec.exceptions_fired;
-                        out.push(order_deviation(
+                        out.deviations.push(order_deviation(
                             DeviationType::CarrierException,
                             dev.carrier_exception.severity,
                             format!("carrier_exception:{order_id}:{n}"),
@@ -340,8 +393,11 @@ impl OrderState {
                     let mut f = Fact::new(FactKind::Delivery, ts, rec.dims.clone());
                     if let Some(c) = &rec.created {
                         let on_time = ts <= c.promised_ts;
-                        f.set_flag(FactFlag::HasPromise, true).set_flag(FactFlag::OnTime, on_time).set_flag(FactFlag::Late, !on_time);
-                        f.set_field(FactField::DelayMs, ts - c.promised_ts).set_field(FactField::OrderToDeliveryMs, ts - c.ts);
+                        f.set_flag(FactFlag::HasPromise, true)
+                            .set_flag(FactFlag::OnTime, on_time)
+                            .set_flag(FactFlag::Late, !on_time);
+                        f.set_field(FactField::DelayMs, ts - c.promised_ts)
+                            .set_field(FactField::OrderToDeliveryMs, ts - c.ts);
                     }
                     let transit = rec.shipped.map(|(s, _)| ts - s);
                     if let Some(t) = transit {
@@ -353,57 +409,74 @@ impl OrderState {
                     let ordered = rec.created.as_ref().and_then(|c| c.qty);
                     if let (Some(o), Some(d)) = (ordered, delivered_qty) {
                         let in_full = d >= o;
-                        f.set_flag(FactFlag::HasQty, true).set_flag(FactFlag::InFull, in_full);
+                        f.set_flag(FactFlag::HasQty, true)
+                            .set_flag(FactFlag::InFull, in_full);
                         f.set_flag(FactFlag::Otif, in_full && f.flag(FactFlag::OnTime));
                         if !in_full && dev.partial_delivery.enabled {
-                            out.push(order_deviation(
+                            out.deviations.push(order_deviation(
                                 DeviationType::PartialDelivery,
                                 dev.partial_delivery.severity,
                                 format!("partial_delivery:{order_id}"),
                                 order_id,
                                 &rec.dims,
                                 ts,
-                                vec![("ordered_qty".into(), o as f64), ("delivered_qty".into(), d as f64)],
+                                vec![
+                                    ("ordered_qty".into(), o as f64),
+                                    ("delivered_qty".into(), d as f64),
+                                ],
                                 format!("order {order_id} delivered {d} of {o} units"),
                             ));
                         }
                     }
                     if let (Some(c), Some(route)) = (&rec.created, route_of(&rec.dims)) {
-                        out.push(OrderOutput::Risk(Box::new(RiskUpdate {
+                        out.risk.push(RiskUpdate {
                             tick,
                             route,
-                            input: RiskInput::Delivered { late: ts > c.promised_ts, transit_ms: transit },
-                        })));
+                            input: RiskInput::Delivered {
+                                late: ts > c.promised_ts,
+                                transit_ms: transit,
+                            },
+                        });
                     }
-                    out.push(OrderOutput::Fact(f));
+                    out.facts.push(f);
                 }
             }
             EventBody::DeliveryFailed { .. } => {}
-            EventBody::RefundRequested { reason, amount } | EventBody::ReturnRequested { reason, amount } => {
+            EventBody::RefundRequested { reason, amount }
+            | EventBody::ReturnRequested { reason, amount } => {
                 let is_return = matches!(e.body, EventBody::ReturnRequested { .. });
                 let mut f = Fact::new(FactKind::Refund, ts, rec.dims.clone());
-                f.set_field(FactField::AmountCents, cents(*amount)).set_flag(FactFlag::IsReturn, is_return);
-                out.push(OrderOutput::Fact(f));
+                f.set_field(FactField::AmountCents, cents(*amount))
+                    .set_flag(FactFlag::IsReturn, is_return);
+                out.facts.push(f);
                 let rule = &dev.refund_requested;
                 if rule.enabled {
-                    let severity = if *amount >= rule.critical_amount { Severity::Critical } else { rule.severity };
+                    let severity = if *amount >= rule.critical_amount {
+                        Severity::Critical
+                    } else {
+                        rule.severity
+                    };
                     let what = if is_return { "return" } else { "refund" };
-                    out.push(order_deviation(
+                    out.deviations.push(order_deviation(
                         DeviationType::RefundRequested,
                         severity,
                         format!("refund_requested:{order_id}:{}", e.event_id),
                         order_id,
                         &rec.dims,
                         ts,
-                        vec![("amount".into(), *amount), ("is_return".into(), is_return as u8 as f64)],
+                        vec![
+                            ("amount".into(), *amount),
+                            ("is_return".into(), is_return as u8 as f64),
+                        ],
                         format!("{what} of {amount:.2} requested for order {order_id}: {reason}"),
                     ));
                 }
             }
             EventBody::TicketRaised { reason } => {
-                out.push(OrderOutput::Fact(Fact::new(FactKind::Ticket, ts, rec.dims.clone())));
+                out.facts
+                    .push(Fact::new(FactKind::Ticket, ts, rec.dims.clone()));
                 if dev.ticket_raised.enabled {
-                    out.push(order_deviation(
+                    out.deviations.push(order_deviation(
                         DeviationType::TicketRaised,
                         dev.ticket_raised.severity,
                         format!("ticket_raised:{order_id}:{}", e.event_id),
@@ -411,14 +484,21 @@ impl OrderState {
                         &rec.dims,
                         ts,
                         vec![],
-                        format!("ticket raised on order {order_id}{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()),
+                        format!(
+                            "ticket raised on order {order_id}{}",
+                            reason
+                                .as_ref()
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
+                        ),
                     ));
                 }
             }
             EventBody::Cancelled { .. } => {
                 if rec.cancelled_ts.is_none() {
                     rec.cancelled_ts = Some(ts);
-                    out.push(OrderOutput::Fact(Fact::new(FactKind::Cancel, ts, rec.dims.clone())));
+                    out.facts
+                        .push(Fact::new(FactKind::Cancel, ts, rec.dims.clone()));
                     if rec.in_backlog {
                         rec.in_backlog = false;
                         backlog_change = -1;
@@ -437,25 +517,36 @@ impl OrderState {
         }
     }
 
-    fn emit_backlog(&self, tick: u64, dims: &Dims, diff: isize, out: &mut Vec<OrderOutput>) {
+    fn emit_backlog(&self, tick: u64, dims: &Dims, diff: isize, out: &mut OrderOutputs) {
         for (kpi, sets) in &self.gauges {
             for (set_index, set) in sets.iter().enumerate() {
                 let labels: Option<Labels> = set.iter().map(|d| dims.get(*d).cloned()).collect();
                 if let Some(labels) = labels {
-                    out.push(OrderOutput::Backlog(((*kpi, set_index as u16, labels), tick, diff)));
+                    out.backlog
+                        .push(((*kpi, set_index as u16, labels), tick, diff));
                 }
             }
         }
     }
 
-    fn emit_risk_state(&mut self, tick: u64, order_id: &CompactString, out: &mut Vec<OrderOutput>) {
-        let Some(rec) = self.orders.get_mut(order_id) else { return };
+    fn emit_risk_state(&mut self, tick: u64, order_id: &CompactString, out: &mut OrderOutputs) {
+        let Some(rec) = self.orders.get_mut(order_id) else {
+            return;
+        };
         let Some(c) = &rec.created else { return };
-        let Some(route) = route_of(&rec.dims) else { return };
+        let Some(route) = route_of(&rec.dims) else {
+            return;
+        };
         if rec.finished() {
             if rec.risk_open {
                 rec.risk_open = false;
-                out.push(OrderOutput::Risk(Box::new(RiskUpdate { tick, route, input: RiskInput::Closed { order_id: order_id.clone() } })));
+                out.risk.push(RiskUpdate {
+                    tick,
+                    route,
+                    input: RiskInput::Closed {
+                        order_id: order_id.clone(),
+                    },
+                });
             }
             return;
         }
@@ -476,49 +567,76 @@ impl OrderState {
             ship_within_ms: c.ship_within_ms,
             transit_ms: c.transit_ms,
         };
-        out.push(OrderOutput::Risk(Box::new(RiskUpdate { tick, route, input })));
+        out.risk.push(RiskUpdate { tick, route, input });
     }
 
-    fn fire_timer(&mut self, tick: u64, deadline: i64, kind: TimerKind, order_id: &CompactString, out: &mut Vec<OrderOutput>) {
-        let Some(rec) = self.orders.get(order_id) else { return };
-        let open_at = |r: &OrderRecord| !r.cancelled_ts.is_some_and(|c| c <= deadline);
+    fn fire_timer(
+        &mut self,
+        tick: u64,
+        deadline: i64,
+        kind: TimerKind,
+        order_id: &CompactString,
+        out: &mut OrderOutputs,
+    ) {
+        let Some(rec) = self.orders.get(order_id) else {
+            return;
+        };
+        let open_at = |r: &OrderRecord| r.cancelled_ts.is_none_or(|c| c > deadline);
         let dev = &self.spec.deviations;
         match kind {
             TimerKind::ShipBy => {
-                if rec.created.is_some() && open_at(rec) && !rec.shipped.is_some_and(|s| s.0 <= deadline) {
-                    let c = rec.created.as_ref().expect("checked");
-                    out.push(order_deviation(
+                let Some(c) = rec.created.as_ref() else {
+                    return;
+                };
+                if open_at(rec) && rec.shipped.is_none_or(|s| s.0 > deadline) {
+                    out.deviations.push(order_deviation(
                         DeviationType::SlaShipBreach,
                         dev.sla_ship.severity,
                         format!("sla_ship_breach:{order_id}"),
                         order_id,
                         &rec.dims,
                         deadline,
-                        vec![("ship_within_hours".into(), c.ship_within_ms as f64 / 3.6e6), ("hours_since_order".into(), (deadline - c.ts) as f64 / 3.6e6)],
-                        format!("order {order_id} not shipped within {:.0} h of creation", c.ship_within_ms as f64 / 3.6e6),
+                        vec![
+                            ("ship_within_hours".into(), c.ship_within_ms as f64 / 3.6e6),
+                            ("hours_since_order".into(), (deadline - c.ts) as f64 / 3.6e6),
+                        ],
+                        format!(
+                            "order {order_id} not shipped within {:.0} h of creation",
+                            c.ship_within_ms as f64 / 3.6e6
+                        ),
                     ));
                 }
             }
             TimerKind::Delivery => {
-                if open_at(rec) && !rec.delivered_ts.is_some_and(|d| d <= deadline) {
+                if open_at(rec) && rec.delivered_ts.is_none_or(|d| d > deadline) {
                     let promised = rec.created.as_ref().map_or(deadline, |c| c.promised_ts);
-                    out.push(order_deviation(
+                    out.deviations.push(order_deviation(
                         DeviationType::SlaDeliveryBreach,
                         dev.sla_delivery.severity,
                         format!("sla_delivery_breach:{order_id}"),
                         order_id,
                         &rec.dims,
                         deadline,
-                        vec![("promised_ts".into(), promised as f64), ("grace_hours".into(), dev.sla_delivery.grace.ms() as f64 / 3.6e6)],
-                        format!("order {order_id} not delivered by its promise (+{} grace)", dev.sla_delivery.grace.ms() / 60_000),
+                        vec![
+                            ("promised_ts".into(), promised as f64),
+                            (
+                                "grace_hours".into(),
+                                dev.sla_delivery.grace.ms() as f64 / 3.6e6,
+                            ),
+                        ],
+                        format!(
+                            "order {order_id} not delivered by its promise (+{} grace)",
+                            dev.sla_delivery.grace.ms() / 60_000
+                        ),
                     ));
                 }
             }
             TimerKind::Gap => {
-                if open_at(rec) && !rec.delivered_ts.is_some_and(|d| d <= deadline) {
+                if open_at(rec) && rec.delivered_ts.is_none_or(|d| d > deadline) {
                     let shipped = rec.shipped.map_or(deadline, |s| s.0);
-                    out.push(OrderOutput::Fact(Fact::new(FactKind::Gap, deadline, rec.dims.clone())));
-                    out.push(order_deviation(
+                    out.facts
+                        .push(Fact::new(FactKind::Gap, deadline, rec.dims.clone()));
+                    out.deviations.push(order_deviation(
                         DeviationType::FulfillmentGap,
                         dev.fulfillment_gap.severity,
                         format!("fulfillment_gap:{order_id}"),
@@ -538,7 +656,13 @@ impl OrderState {
                     }
                     if rec.risk_open {
                         if let Some(route) = route_of(&rec.dims) {
-                            out.push(OrderOutput::Risk(Box::new(RiskUpdate { tick, route, input: RiskInput::Closed { order_id: order_id.clone() } })));
+                            out.risk.push(RiskUpdate {
+                                tick,
+                                route,
+                                input: RiskInput::Closed {
+                                    order_id: order_id.clone(),
+                                },
+                            });
                         }
                     }
                 }
@@ -548,13 +672,23 @@ impl OrderState {
 }
 
 fn route_of(d: &Dims) -> Option<Route> {
-    Some((d.region.clone()?, d.ship_mode.clone()?, d.warehouse.clone()?))
+    Some((
+        d.region.clone()?,
+        d.ship_mode.clone()?,
+        d.warehouse.clone()?,
+    ))
 }
 
 /// The dims of an order as deviation context.
 pub fn dims_context(d: &Dims) -> std::collections::BTreeMap<String, String> {
     use crate::model::facts::Dimension;
-    Dimension::ALL.iter().filter_map(|dim| d.get(*dim).map(|v| (dim.as_str().to_string(), v.to_string()))).collect()
+    Dimension::ALL
+        .iter()
+        .filter_map(|dim| {
+            d.get(*dim)
+                .map(|v| (dim.as_str().to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -567,8 +701,8 @@ fn order_deviation(
     event_time: i64,
     evidence: Vec<(String, f64)>,
     summary: String,
-) -> OrderOutput {
-    OrderOutput::Deviation(Box::new(Deviation {
+) -> Deviation {
+    Deviation {
         id,
         kind,
         severity,
@@ -578,5 +712,5 @@ fn order_deviation(
         summary,
         event_time,
         detected_at: crate::dataflow::wall_clock_ms(),
-    }))
+    }
 }

@@ -31,17 +31,18 @@ pub struct RiskScore {
     pub risk_ppm: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum RiskOutput {
-    Fact(Fact),
-    Deviation(Box<Deviation>),
-    Score(RiskScore),
+/// What the risk operator emits, one buffer per destination.
+#[derive(Debug, Default)]
+pub struct RiskOutputs {
+    pub facts: Vec<Fact>,
+    pub deviations: Vec<Deviation>,
+    pub scores: Vec<RiskScore>,
 }
 
 struct OpenOrder {
     route: Route,
     snapshot: RiskSnapshot,
-    dims: Dims,
+    dims: std::sync::Arc<Dims>,
     ship_within_ms: i64,
     transit_ms: i64,
     /// Highest band already reported: 0 none, 1 warning, 2 critical.
@@ -65,7 +66,9 @@ pub struct RiskState {
 
 impl RiskState {
     pub fn new(spec: std::sync::Arc<PipelineSpec>, collect_scores: bool) -> Self {
-        let clock = TickClock { tick_ms: spec.time.tick.ms() };
+        let clock = TickClock {
+            tick_ms: spec.time.tick.ms(),
+        };
         let (warn_ppm, critical_ppm) = (ppm(spec.risk.warn), ppm(spec.risk.critical));
         RiskState {
             spec,
@@ -89,7 +92,7 @@ impl RiskState {
     }
 
     /// Processes every tick `< frontier` (all, if `None`) that has updates or band checks.
-    pub fn advance(&mut self, frontier: Option<u64>, out: &mut Vec<RiskOutput>) {
+    pub fn advance(&mut self, frontier: Option<u64>, out: &mut RiskOutputs) {
         let bound = frontier.unwrap_or(u64::MAX);
         loop {
             let next_update = self.stash.keys().next().copied();
@@ -107,14 +110,32 @@ impl RiskState {
         }
     }
 
-    fn process_tick(&mut self, tick: u64, out: &mut Vec<RiskOutput>) {
+    fn process_tick(&mut self, tick: u64, out: &mut RiskOutputs) {
         let mut outcomes = Vec::new();
         if let Some(updates) = self.stash.remove(&tick) {
             for u in updates {
                 match u.input {
-                    RiskInput::Open { order_id, snapshot, dims, now, ship_within_ms, transit_ms } => {
+                    RiskInput::Open {
+                        order_id,
+                        snapshot,
+                        dims,
+                        now,
+                        ship_within_ms,
+                        transit_ms,
+                    } => {
                         let fired = self.open.get(&order_id).map_or(0, |o| o.fired);
-                        self.open.insert(order_id.clone(), OpenOrder { route: u.route, snapshot, dims, ship_within_ms, transit_ms, fired, check_at: None });
+                        self.open.insert(
+                            order_id.clone(),
+                            OpenOrder {
+                                route: u.route,
+                                snapshot,
+                                dims,
+                                ship_within_ms,
+                                transit_ms,
+                                fired,
+                                check_at: None,
+                            },
+                        );
                         self.score_order(&order_id, now, out);
                     }
                     RiskInput::Closed { order_id } => {
@@ -128,7 +149,11 @@ impl RiskState {
         while let Some(mut due) = self.checks.remove(&tick) {
             due.sort();
             for (at, order_id) in due {
-                if self.open.get(&order_id).is_some_and(|o| o.check_at == Some(at)) {
+                if self
+                    .open
+                    .get(&order_id)
+                    .is_some_and(|o| o.check_at == Some(at))
+                {
                     self.score_order(&order_id, at, out);
                 }
             }
@@ -143,16 +168,29 @@ impl RiskState {
         }
     }
 
-    fn score_order(&mut self, order_id: &CompactString, now: i64, out: &mut Vec<RiskOutput>) {
-        let Some(o) = self.open.get_mut(order_id) else { return };
+    fn score_order(&mut self, order_id: &CompactString, now: i64, out: &mut RiskOutputs) {
+        let Some(o) = self.open.get_mut(order_id) else {
+            return;
+        };
         let stats = self.stats.get(&o.route).copied().unwrap_or_default();
-        let p = score(&o.snapshot, &stats, now, o.ship_within_ms, o.transit_ms, &self.spec);
+        let p = score(
+            &o.snapshot,
+            &stats,
+            now,
+            o.ship_within_ms,
+            o.transit_ms,
+            &self.spec,
+        );
         let risk_ppm = ppm(p);
         let mut fact = Fact::new(FactKind::Risk, now, o.dims.clone());
         fact.set_field(FactField::RiskPpm, risk_ppm);
-        out.push(RiskOutput::Fact(fact));
+        out.facts.push(fact);
         if self.collect_scores {
-            out.push(RiskOutput::Score(RiskScore { order_id: order_id.to_string(), now, risk_ppm }));
+            out.scores.push(RiskScore {
+                order_id: order_id.to_string(),
+                now,
+                risk_ppm,
+            });
         }
         let band = if risk_ppm >= self.critical_ppm {
             2
@@ -161,16 +199,23 @@ impl RiskState {
         } else {
             0
         };
-        if band > o.fired && now <= o.snapshot.promised_ts && self.spec.deviations.predicted_delay.enabled {
+        if band > o.fired
+            && now <= o.snapshot.promised_ts
+            && self.spec.deviations.predicted_delay.enabled
+        {
             o.fired = band;
-            let (severity, label) = if band == 2 { (Severity::Critical, "critical") } else { (Severity::Warning, "warning") };
+            let (severity, label) = if band == 2 {
+                (Severity::Critical, "critical")
+            } else {
+                (Severity::Warning, "warning")
+            };
             let hours_left = (o.snapshot.promised_ts - now) as f64 / 3.6e6;
             let mut evidence = BTreeMap::new();
             evidence.insert("risk".to_string(), risk_ppm as f64 / 1e6);
             evidence.insert("hours_to_promise".to_string(), hours_left);
             evidence.insert("route_deliveries".to_string(), stats.deliveries as f64);
             evidence.insert("route_late".to_string(), stats.late as f64);
-            out.push(RiskOutput::Deviation(Box::new(Deviation {
+            out.deviations.push(Deviation {
                 id: format!("predicted_delay:{order_id}:{label}"),
                 kind: DeviationType::PredictedDelay,
                 severity,
@@ -180,7 +225,7 @@ impl RiskState {
                 summary: format!("order {order_id} likely to miss its promise (risk {:.0}%, {hours_left:.1} h left)", risk_ppm as f64 / 1e4),
                 event_time: now,
                 detected_at: crate::dataflow::wall_clock_ms(),
-            })));
+            });
         }
         // Next band check: when the score would reach the next band if nothing changes.
         let target = match o.fired {
@@ -188,9 +233,24 @@ impl RiskState {
             1 => Some(self.critical_ppm),
             _ => None,
         };
-        o.check_at = target.and_then(|t| crossing_time(&o.snapshot, &stats, now, o.ship_within_ms, o.transit_ms, &self.spec, t)).filter(|&at| at > now);
+        o.check_at = target
+            .and_then(|t| {
+                crossing_time(
+                    &o.snapshot,
+                    &stats,
+                    now,
+                    o.ship_within_ms,
+                    o.transit_ms,
+                    &self.spec,
+                    t,
+                )
+            })
+            .filter(|&at| at > now);
         if let Some(at) = o.check_at {
-            self.checks.entry(self.clock.tick_of(at)).or_default().push((at, order_id.clone()));
+            self.checks
+                .entry(self.clock.tick_of(at))
+                .or_default()
+                .push((at, order_id.clone()));
         }
     }
 }

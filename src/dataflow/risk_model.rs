@@ -56,15 +56,31 @@ fn logit(p: f64) -> f64 {
 ///
 /// `ship_within_ms` and `transit_ms` are the service-level defaults for the order's ship mode,
 /// used until the route has history.
-pub fn score(s: &RiskSnapshot, route: &RouteStats, now: i64, ship_within_ms: i64, transit_ms: i64, spec: &PipelineSpec) -> f64 {
+pub fn score(
+    s: &RiskSnapshot,
+    route: &RouteStats,
+    now: i64,
+    ship_within_ms: i64,
+    transit_ms: i64,
+    spec: &PipelineSpec,
+) -> f64 {
     if now > s.promised_ts {
         return 1.0;
     }
     let r = &spec.risk;
     let w = &r.weights;
-    let late_rate = (route.late as f64 + r.prior_weight * r.prior_late_rate) / (route.deliveries as f64 + r.prior_weight);
-    let expected_transit = if route.transit_n > 0 { route.transit_sum_ms as f64 / route.transit_n as f64 } else { transit_ms as f64 };
-    let expected_ship = if route.ship_n > 0 { route.ship_sum_ms as f64 / route.ship_n as f64 } else { ship_within_ms as f64 };
+    let late_rate = (route.late as f64 + r.prior_weight * r.prior_late_rate)
+        / (route.deliveries as f64 + r.prior_weight);
+    let expected_transit = if route.transit_n > 0 {
+        route.transit_sum_ms as f64 / route.transit_n as f64
+    } else {
+        transit_ms as f64
+    };
+    let expected_ship = if route.ship_n > 0 {
+        route.ship_sum_ms as f64 / route.ship_n as f64
+    } else {
+        ship_within_ms as f64
+    };
     let remaining = if s.out_for_delivery {
         0.0
     } else if let Some(shipped) = s.shipped_ts {
@@ -77,7 +93,11 @@ pub fn score(s: &RiskSnapshot, route: &RouteStats, now: i64, ship_within_ms: i64
         + w.route_logit * logit(late_rate.clamp(1e-6, 1.0 - 1e-6))
         + w.slack * (remaining - time_left) / w.slack_scale.ms() as f64
         + w.exception * s.open_exceptions as f64
-        + if s.payment_failed_open { w.payment_failed } else { 0.0 };
+        + if s.payment_failed_open {
+            w.payment_failed
+        } else {
+            0.0
+        };
     1.0 / (1.0 + (-x).exp())
 }
 
@@ -85,8 +105,19 @@ pub fn score(s: &RiskSnapshot, route: &RouteStats, now: i64, ship_within_ms: i64
 /// `threshold_ppm` if nothing about the order or its route changes, or `None` if it does not
 /// before the promise. The score is non-decreasing in `now` for a fixed snapshot (time left
 /// shrinks at least as fast as the expected remaining time), so a binary search finds it.
-pub fn crossing_time(s: &RiskSnapshot, route: &RouteStats, now: i64, ship_within_ms: i64, transit_ms: i64, spec: &PipelineSpec, threshold_ppm: i64) -> Option<i64> {
-    let reaches = |t: i64| crate::model::facts::ppm(score(s, route, t, ship_within_ms, transit_ms, spec)) >= threshold_ppm;
+pub fn crossing_time(
+    s: &RiskSnapshot,
+    route: &RouteStats,
+    now: i64,
+    ship_within_ms: i64,
+    transit_ms: i64,
+    spec: &PipelineSpec,
+    threshold_ppm: i64,
+) -> Option<i64> {
+    let reaches = |t: i64| {
+        crate::model::facts::ppm(score(s, route, t, ship_within_ms, transit_ms, spec))
+            >= threshold_ppm
+    };
     if now > s.promised_ts || !reaches(s.promised_ts) {
         return None;
     }
@@ -111,22 +142,44 @@ mod tests {
     use super::*;
 
     fn snapshot() -> RiskSnapshot {
-        RiskSnapshot { created_ts: 0, promised_ts: 5 * 86_400_000, shipped_ts: None, out_for_delivery: false, open_exceptions: 0, payment_failed_open: false }
+        RiskSnapshot {
+            created_ts: 0,
+            promised_ts: 5 * 86_400_000,
+            shipped_ts: None,
+            out_for_delivery: false,
+            open_exceptions: 0,
+            payment_failed_open: false,
+        }
     }
 
     #[test]
     fn risk_rises_with_route_late_rate_and_trouble_and_is_certain_after_promise() {
         let spec = PipelineSpec::builtin();
         let day = 86_400_000;
-        let calm = RouteStats { deliveries: 200, late: 4, ..Default::default() };
-        let stormy = RouteStats { deliveries: 200, late: 120, ..Default::default() };
+        let calm = RouteStats {
+            deliveries: 200,
+            late: 4,
+            ..Default::default()
+        };
+        let stormy = RouteStats {
+            deliveries: 200,
+            late: 120,
+            ..Default::default()
+        };
         let s = snapshot();
         let base = score(&s, &calm, day, day, 2 * day, &spec);
         assert!(score(&s, &stormy, day, day, 2 * day, &spec) > base);
-        let troubled = RiskSnapshot { open_exceptions: 1, payment_failed_open: true, ..s.clone() };
+        let troubled = RiskSnapshot {
+            open_exceptions: 1,
+            payment_failed_open: true,
+            ..s.clone()
+        };
         assert!(score(&troubled, &calm, day, day, 2 * day, &spec) > base);
         // Less time left for the same remaining work means more risk.
-        assert!(score(&s, &calm, 4 * day, day, 2 * day, &spec) > score(&s, &calm, day, day, 2 * day, &spec));
+        assert!(
+            score(&s, &calm, 4 * day, day, 2 * day, &spec)
+                > score(&s, &calm, day, day, 2 * day, &spec)
+        );
         assert_eq!(score(&s, &calm, 5 * day + 1, day, 2 * day, &spec), 1.0);
     }
 
@@ -134,17 +187,31 @@ mod tests {
     fn crossing_time_is_the_first_moment_the_band_is_reached() {
         let spec = PipelineSpec::builtin();
         let day = 86_400_000;
-        let calm = RouteStats { deliveries: 200, late: 4, ..Default::default() };
+        let calm = RouteStats {
+            deliveries: 200,
+            late: 4,
+            ..Default::default()
+        };
         let s = snapshot();
         let warn = crate::model::facts::ppm(spec.risk.warn);
-        let t = crossing_time(&s, &calm, 0, day, 2 * day, &spec, warn).expect("reached before the promise");
+        let t = crossing_time(&s, &calm, 0, day, 2 * day, &spec, warn)
+            .expect("reached before the promise");
         assert!(t > 0 && t <= s.promised_ts);
         let p = |t| crate::model::facts::ppm(score(&s, &calm, t, day, 2 * day, &spec));
         assert!(p(t) >= warn && p(t - 1) < warn);
         // Already beyond the band: now.
-        assert_eq!(crossing_time(&s, &calm, t + 10, day, 2 * day, &spec, warn), Some(t + 10));
+        assert_eq!(
+            crossing_time(&s, &calm, t + 10, day, 2 * day, &spec, warn),
+            Some(t + 10)
+        );
         // Never reached at an impossible threshold, and no crossing after the promise.
-        assert_eq!(crossing_time(&s, &calm, 0, day, 2 * day, &spec, 1_000_001), None);
-        assert_eq!(crossing_time(&s, &calm, s.promised_ts + 1, day, 2 * day, &spec, warn), None);
+        assert_eq!(
+            crossing_time(&s, &calm, 0, day, 2 * day, &spec, 1_000_001),
+            None
+        );
+        assert_eq!(
+            crossing_time(&s, &calm, s.promised_ts + 1, day, 2 * day, &spec, warn),
+            None
+        );
     }
 }

@@ -25,9 +25,16 @@ pub enum DecodeError {
     #[error("event of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     #[error("missing field `{field}`{}", for_type(.event_type))]
-    MissingField { field: &'static str, event_type: Option<EventType> },
+    MissingField {
+        field: &'static str,
+        event_type: Option<EventType>,
+    },
     #[error("bad timestamp in `{field}`: {reason} (got {value})")]
-    BadTimestamp { field: &'static str, value: String, reason: String },
+    BadTimestamp {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("unknown event type `{0}`")]
     UnknownType(String),
     #[error("unsupported schema version {0} (this build reads v{EVENT_VERSION})")]
@@ -37,7 +44,8 @@ pub enum DecodeError {
 }
 
 fn for_type(t: &Option<EventType>) -> String {
-    t.map(|t| format!(" for type `{}`", t.as_str())).unwrap_or_default()
+    t.map(|t| format!(" for type `{}`", t.as_str()))
+        .unwrap_or_default()
 }
 
 impl DecodeError {
@@ -61,7 +69,10 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Decodes one JSON event.
 pub fn decode_event(bytes: &[u8]) -> Result<OrderEvent, DecodeError> {
     if bytes.len() > MAX_EVENT_BYTES {
-        return Err(DecodeError::TooLarge { size: bytes.len(), limit: MAX_EVENT_BYTES });
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_EVENT_BYTES,
+        });
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let wire = match de.deserialize_map(WireVisitor) {
@@ -158,7 +169,10 @@ impl<'de> Visitor<'de> for WireVisitor {
                 }
             };
             if slot.is_some() {
-                return Ok(Err(DecodeError::Malformed(format!("duplicate field `{}`", key.0))));
+                return Ok(Err(DecodeError::Malformed(format!(
+                    "duplicate field `{}`",
+                    key.0
+                ))));
             }
             *slot = Some(value);
         }
@@ -166,10 +180,17 @@ impl<'de> Visitor<'de> for WireVisitor {
     }
 }
 
-fn req<'a>(v: Option<Raw<'a>>, field: &'static str, t: Option<EventType>) -> Result<Raw<'a>, DecodeError> {
+fn req<'a>(
+    v: Option<Raw<'a>>,
+    field: &'static str,
+    t: Option<EventType>,
+) -> Result<Raw<'a>, DecodeError> {
     match v {
         Some(r) if r.get() != "null" => Ok(r),
-        _ => Err(DecodeError::MissingField { field, event_type: t }),
+        _ => Err(DecodeError::MissingField {
+            field,
+            event_type: t,
+        }),
     }
 }
 
@@ -178,10 +199,15 @@ fn opt(v: Option<Raw<'_>>) -> Option<Raw<'_>> {
 }
 
 fn string(r: Raw<'_>, field: &'static str) -> Result<CompactString, DecodeError> {
-    let s: Str = serde_json::from_str(r.get())
-        .map_err(|_| DecodeError::InvalidValue { field, reason: format!("expected a string, got {}", r.get()) })?;
+    let s: Str = serde_json::from_str(r.get()).map_err(|_| DecodeError::InvalidValue {
+        field,
+        reason: format!("expected a string, got {}", r.get()),
+    })?;
     if s.0.is_empty() {
-        return Err(DecodeError::InvalidValue { field, reason: "must not be empty".into() });
+        return Err(DecodeError::InvalidValue {
+            field,
+            reason: "must not be empty".into(),
+        });
     }
     Ok(CompactString::from(s.0.as_ref()))
 }
@@ -192,24 +218,42 @@ fn timestamp(r: Raw<'_>, field: &'static str) -> Result<EpochMs, DecodeError> {
         if (0..=253_402_300_799_999).contains(&ms) {
             return Ok(ms);
         }
-        return Err(DecodeError::BadTimestamp { field, value: text.into(), reason: "epoch milliseconds out of range".into() });
+        return Err(DecodeError::BadTimestamp {
+            field,
+            value: text.into(),
+            reason: "epoch milliseconds out of range".into(),
+        });
     }
     match serde_json::from_str::<Str>(text) {
-        Ok(s) => parse_rfc3339(&s.0).map_err(|reason| DecodeError::BadTimestamp { field, value: text.into(), reason: reason.into() }),
-        Err(_) => Err(DecodeError::BadTimestamp { field, value: text.into(), reason: "expected RFC 3339 string or epoch milliseconds".into() }),
+        Ok(s) => parse_rfc3339(&s.0).map_err(|reason| DecodeError::BadTimestamp {
+            field,
+            value: text.into(),
+            reason: reason.into(),
+        }),
+        Err(_) => Err(DecodeError::BadTimestamp {
+            field,
+            value: text.into(),
+            reason: "expected RFC 3339 string or epoch milliseconds".into(),
+        }),
     }
 }
 
 fn quantity(r: Raw<'_>, field: &'static str) -> Result<u32, DecodeError> {
     r.get()
         .parse::<u32>()
-        .map_err(|_| DecodeError::InvalidValue { field, reason: format!("expected a non-negative integer, got {}", r.get()) })
+        .map_err(|_| DecodeError::InvalidValue {
+            field,
+            reason: format!("expected a non-negative integer, got {}", r.get()),
+        })
 }
 
 fn money(r: Raw<'_>, field: &'static str) -> Result<f64, DecodeError> {
     match r.get().parse::<f64>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
-        _ => Err(DecodeError::InvalidValue { field, reason: format!("expected a non-negative number, got {}", r.get()) }),
+        _ => Err(DecodeError::InvalidValue {
+            field,
+            reason: format!("expected a non-negative number, got {}", r.get()),
+        }),
     }
 }
 
@@ -219,10 +263,16 @@ impl<'a> Wire<'a> {
         match v.get().parse::<u64>() {
             Ok(EVENT_VERSION) => {}
             Ok(other) => return Err(DecodeError::UnsupportedVersion(other)),
-            Err(_) => return Err(DecodeError::InvalidValue { field: "v", reason: format!("expected an integer, got {}", v.get()) }),
+            Err(_) => {
+                return Err(DecodeError::InvalidValue {
+                    field: "v",
+                    reason: format!("expected an integer, got {}", v.get()),
+                })
+            }
         }
         let type_name = string(req(self.kind, "type", None)?, "type")?;
-        let t = EventType::parse(&type_name).ok_or_else(|| DecodeError::UnknownType(type_name.to_string()))?;
+        let t = EventType::parse(&type_name)
+            .ok_or_else(|| DecodeError::UnknownType(type_name.to_string()))?;
         let st = Some(t);
         let event_id = string(req(self.event_id, "event_id", st)?, "event_id")?;
         let order_id = string(req(self.order_id, "order_id", st)?, "order_id")?;
@@ -238,20 +288,33 @@ impl<'a> Wire<'a> {
                 warehouse: string(req(self.warehouse, "warehouse", st)?, "warehouse")?,
                 qty: opt(self.qty).map(|r| quantity(r, "qty")).transpose()?,
                 amount: money(req(self.amount, "amount", st)?, "amount")?,
-                promised_delivery_ts: timestamp(req(self.promised_delivery_ts, "promised_delivery_ts", st)?, "promised_delivery_ts")?,
+                promised_delivery_ts: timestamp(
+                    req(self.promised_delivery_ts, "promised_delivery_ts", st)?,
+                    "promised_delivery_ts",
+                )?,
             })),
             EventType::PaymentAuthorized => EventBody::PaymentAuthorized,
-            EventType::PaymentFailed => EventBody::PaymentFailed { reason: reason_req(self.reason)? },
+            EventType::PaymentFailed => EventBody::PaymentFailed {
+                reason: reason_req(self.reason)?,
+            },
             EventType::Shipped => EventBody::Shipped {
                 carrier: string(req(self.carrier, "carrier", st)?, "carrier")?,
-                tracking: opt(self.tracking).map(|r| string(r, "tracking")).transpose()?,
+                tracking: opt(self.tracking)
+                    .map(|r| string(r, "tracking"))
+                    .transpose()?,
                 qty: opt(self.qty).map(|r| quantity(r, "qty")).transpose()?,
             },
             EventType::CarrierCheckpoint => EventBody::CarrierCheckpoint,
-            EventType::CarrierException => EventBody::CarrierException { reason: reason_req(self.reason)? },
+            EventType::CarrierException => EventBody::CarrierException {
+                reason: reason_req(self.reason)?,
+            },
             EventType::OutForDelivery => EventBody::OutForDelivery,
-            EventType::Delivered => EventBody::Delivered { qty: opt(self.qty).map(|r| quantity(r, "qty")).transpose()? },
-            EventType::DeliveryFailed => EventBody::DeliveryFailed { reason: reason_opt(self.reason)? },
+            EventType::Delivered => EventBody::Delivered {
+                qty: opt(self.qty).map(|r| quantity(r, "qty")).transpose()?,
+            },
+            EventType::DeliveryFailed => EventBody::DeliveryFailed {
+                reason: reason_opt(self.reason)?,
+            },
             EventType::RefundRequested => EventBody::RefundRequested {
                 reason: reason_req(self.reason)?,
                 amount: money(req(self.amount, "amount", st)?, "amount")?,
@@ -260,8 +323,12 @@ impl<'a> Wire<'a> {
                 reason: reason_req(self.reason)?,
                 amount: money(req(self.amount, "amount", st)?, "amount")?,
             },
-            EventType::TicketRaised => EventBody::TicketRaised { reason: reason_opt(self.reason)? },
-            EventType::Cancelled => EventBody::Cancelled { reason: reason_opt(self.reason)? },
+            EventType::TicketRaised => EventBody::TicketRaised {
+                reason: reason_opt(self.reason)?,
+            },
+            EventType::Cancelled => EventBody::Cancelled {
+                reason: reason_opt(self.reason)?,
+            },
         };
         // Fields that are known but do not belong to this type are kept with the unknown ones.
         let mut extra = self.extra;
@@ -300,17 +367,37 @@ impl<'a> Wire<'a> {
             s.push('}');
             Some(s.into_boxed_str())
         };
-        Ok(OrderEvent { event_id, order_id, ts, body, extra })
+        Ok(OrderEvent {
+            event_id,
+            order_id,
+            ts,
+            body,
+            extra,
+        })
     }
 }
 
 fn field_belongs(t: EventType, name: &str) -> bool {
     use EventType::*;
     match name {
-        "customer_id" | "segment" | "region" | "ship_mode" | "warehouse" | "promised_delivery_ts" => t == OrderCreated,
+        "customer_id"
+        | "segment"
+        | "region"
+        | "ship_mode"
+        | "warehouse"
+        | "promised_delivery_ts" => t == OrderCreated,
         "qty" => matches!(t, OrderCreated | Shipped | Delivered),
         "amount" => matches!(t, OrderCreated | RefundRequested | ReturnRequested),
-        "reason" => matches!(t, PaymentFailed | CarrierException | DeliveryFailed | RefundRequested | ReturnRequested | TicketRaised | Cancelled),
+        "reason" => matches!(
+            t,
+            PaymentFailed
+                | CarrierException
+                | DeliveryFailed
+                | RefundRequested
+                | ReturnRequested
+                | TicketRaised
+                | Cancelled
+        ),
         "carrier" | "tracking" => t == Shipped,
         _ => false,
     }
@@ -328,7 +415,9 @@ mod tests {
         assert_eq!(e.order_id, "o1");
         assert_eq!(e.ts, parse_rfc3339("2017-03-01T10:00:00Z").unwrap());
         assert_eq!(e.extra.as_deref(), Some(r#"{"channel":"web"}"#));
-        let EventBody::OrderCreated(c) = &e.body else { panic!("wrong body") };
+        let EventBody::OrderCreated(c) = &e.body else {
+            panic!("wrong body")
+        };
         assert_eq!((c.qty, c.amount), (Some(3), 120.5));
         // Round trip through the wire form.
         assert_eq!(decode_event(e.to_json().as_bytes()).unwrap(), e);
@@ -345,7 +434,10 @@ mod tests {
     fn missing_field_is_named() {
         let bad = CREATED.replace(r#","promised_delivery_ts":"2017-03-06T10:00:00Z""#, "");
         let err = decode_event(bad.as_bytes()).unwrap_err();
-        assert_eq!(err.to_string(), "missing field `promised_delivery_ts` for type `order_created`");
+        assert_eq!(
+            err.to_string(),
+            "missing field `promised_delivery_ts` for type `order_created`"
+        );
     }
 
     #[test]
@@ -360,11 +452,24 @@ mod tests {
             (r#"{"v":1,"event_id":"e","order_id":"o","type":"payment_authorized","ts":0,"ts":1}"#, "malformed JSON: duplicate field `ts`"),
         ];
         for (input, reason) in cases {
-            assert_eq!(decode_event(input.as_bytes()).unwrap_err().to_string(), reason, "input: {input}");
+            assert_eq!(
+                decode_event(input.as_bytes()).unwrap_err().to_string(),
+                reason,
+                "input: {input}"
+            );
         }
-        assert!(matches!(decode_event(b"{not json"), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode_event(b"[1,2]"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_event(b"{not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_event(b"[1,2]"),
+            Err(DecodeError::Malformed(_))
+        ));
         let huge = vec![b' '; MAX_EVENT_BYTES + 1];
-        assert!(matches!(decode_event(&huge), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            decode_event(&huge),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 }

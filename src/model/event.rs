@@ -45,17 +45,39 @@ pub struct OrderCreated {
 pub enum EventBody {
     OrderCreated(Box<OrderCreated>),
     PaymentAuthorized,
-    PaymentFailed { reason: CompactString },
-    Shipped { carrier: CompactString, tracking: Option<CompactString>, qty: Option<u32> },
+    PaymentFailed {
+        reason: CompactString,
+    },
+    Shipped {
+        carrier: CompactString,
+        tracking: Option<CompactString>,
+        qty: Option<u32>,
+    },
     CarrierCheckpoint,
-    CarrierException { reason: CompactString },
+    CarrierException {
+        reason: CompactString,
+    },
     OutForDelivery,
-    Delivered { qty: Option<u32> },
-    DeliveryFailed { reason: Option<CompactString> },
-    RefundRequested { reason: CompactString, amount: f64 },
-    ReturnRequested { reason: CompactString, amount: f64 },
-    TicketRaised { reason: Option<CompactString> },
-    Cancelled { reason: Option<CompactString> },
+    Delivered {
+        qty: Option<u32>,
+    },
+    DeliveryFailed {
+        reason: Option<CompactString>,
+    },
+    RefundRequested {
+        reason: CompactString,
+        amount: f64,
+    },
+    ReturnRequested {
+        reason: CompactString,
+        amount: f64,
+    },
+    TicketRaised {
+        reason: Option<CompactString>,
+    },
+    Cancelled {
+        reason: Option<CompactString>,
+    },
 }
 
 /// The `type` discriminant of an event, in wire spelling order.
@@ -169,13 +191,22 @@ impl OrderEvent {
                     put("qty", q.into());
                 }
                 put("amount", c.amount.into());
-                put("promised_delivery_ts", format_rfc3339(c.promised_delivery_ts).into());
+                put(
+                    "promised_delivery_ts",
+                    format_rfc3339(c.promised_delivery_ts).into(),
+                );
             }
-            EventBody::PaymentAuthorized | EventBody::CarrierCheckpoint | EventBody::OutForDelivery => {}
+            EventBody::PaymentAuthorized
+            | EventBody::CarrierCheckpoint
+            | EventBody::OutForDelivery => {}
             EventBody::PaymentFailed { reason } | EventBody::CarrierException { reason } => {
                 put("reason", reason.as_str().into())
             }
-            EventBody::Shipped { carrier, tracking, qty } => {
+            EventBody::Shipped {
+                carrier,
+                tracking,
+                qty,
+            } => {
                 put("carrier", carrier.as_str().into());
                 if let Some(t) = tracking {
                     put("tracking", t.as_str().into());
@@ -189,18 +220,23 @@ impl OrderEvent {
                     put("qty", (*q).into());
                 }
             }
-            EventBody::DeliveryFailed { reason } | EventBody::TicketRaised { reason } | EventBody::Cancelled { reason } => {
+            EventBody::DeliveryFailed { reason }
+            | EventBody::TicketRaised { reason }
+            | EventBody::Cancelled { reason } => {
                 if let Some(r) = reason {
                     put("reason", r.as_str().into());
                 }
             }
-            EventBody::RefundRequested { reason, amount } | EventBody::ReturnRequested { reason, amount } => {
+            EventBody::RefundRequested { reason, amount }
+            | EventBody::ReturnRequested { reason, amount } => {
                 put("reason", reason.as_str().into());
                 put("amount", (*amount).into());
             }
         }
         if let Some(extra) = &self.extra {
-            if let Ok(serde_json::Value::Object(x)) = serde_json::from_str::<serde_json::Value>(extra) {
+            if let Ok(serde_json::Value::Object(x)) =
+                serde_json::from_str::<serde_json::Value>(extra)
+            {
                 for (k, v) in x {
                     m.entry(k).or_insert(v);
                 }

@@ -5,6 +5,8 @@
 //! All measured fields are integers in a base unit (milliseconds, cents, parts per million), so
 //! sums are exact and the incremental result equals a batch recompute bit for bit.
 
+use std::sync::Arc;
+
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
@@ -130,15 +132,23 @@ pub struct Fact {
     pub kind: FactKind,
     /// Event time the fact is attributed to (selects its windows).
     pub ts: i64,
-    pub dims: Dims,
+    /// Shared with the order record: cloning a fact does not copy the strings.
+    pub dims: Arc<Dims>,
     flags: u16,
     present: u16,
     fields: [i64; 7],
 }
 
 impl Fact {
-    pub fn new(kind: FactKind, ts: i64, dims: Dims) -> Fact {
-        Fact { kind, ts, dims, flags: 0, present: 0, fields: [0; 7] }
+    pub fn new(kind: FactKind, ts: i64, dims: Arc<Dims>) -> Fact {
+        Fact {
+            kind,
+            ts,
+            dims,
+            flags: 0,
+            present: 0,
+            fields: [0; 7],
+        }
     }
     pub fn flag(&self, f: FactFlag) -> bool {
         self.flags & (1 << f as u16) != 0

@@ -44,7 +44,12 @@ pub struct KpiRecord {
 impl KpiRecord {
     /// Stable upsert key: `kpi|dim=value,...|window_start`.
     pub fn key(&self) -> String {
-        format!("{}|{}|{}", self.kpi, dims_key(&self.dims), self.window_start)
+        format!(
+            "{}|{}|{}",
+            self.kpi,
+            dims_key(&self.dims),
+            self.window_start
+        )
     }
 }
 
@@ -106,5 +111,8 @@ pub struct Deviation {
 
 /// `k=v,k=v` in key order; empty for the global series. Used in KPI keys and deviation ids.
 pub fn dims_key(dims: &BTreeMap<String, String>) -> String {
-    dims.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    dims.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -24,7 +24,12 @@ pub fn parse_rfc3339(s: &str) -> Result<EpochMs, &'static str> {
         }
         Ok(v)
     };
-    if b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b't' && b[10] != b' ') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || (b[10] != b'T' && b[10] != b't' && b[10] != b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return Err("expected YYYY-MM-DDTHH:MM:SS");
     }
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
@@ -165,18 +170,39 @@ mod tests {
     #[test]
     fn parses_utc_and_offsets() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Ok(0));
-        assert_eq!(parse_rfc3339("2017-03-01T12:30:05.25Z"), Ok(1_488_371_405_250));
-        assert_eq!(parse_rfc3339("2017-03-01T14:30:05.250+02:00"), Ok(1_488_371_405_250));
+        assert_eq!(
+            parse_rfc3339("2017-03-01T12:30:05.25Z"),
+            Ok(1_488_371_405_250)
+        );
+        assert_eq!(
+            parse_rfc3339("2017-03-01T14:30:05.250+02:00"),
+            Ok(1_488_371_405_250)
+        );
         assert_eq!(parse_rfc3339("2016-02-29 00:00:00Z"), Ok(1_456_704_000_000));
     }
 
     #[test]
     fn rejects_bad_timestamps_with_reason() {
-        assert_eq!(parse_rfc3339("2017-02-30T00:00:00Z"), Err("date out of range"));
-        assert_eq!(parse_rfc3339("2017-03-01T25:00:00Z"), Err("time out of range"));
-        assert_eq!(parse_rfc3339("2017-03-01T10:00:00"), Err("too short for RFC 3339"));
-        assert_eq!(parse_rfc3339("2017-03-01T10:00:00+0200"), Err("expected Z or +HH:MM offset"));
-        assert_eq!(parse_rfc3339("yesterday at noon, roughly"), Err("expected YYYY-MM-DDTHH:MM:SS"));
+        assert_eq!(
+            parse_rfc3339("2017-02-30T00:00:00Z"),
+            Err("date out of range")
+        );
+        assert_eq!(
+            parse_rfc3339("2017-03-01T25:00:00Z"),
+            Err("time out of range")
+        );
+        assert_eq!(
+            parse_rfc3339("2017-03-01T10:00:00"),
+            Err("too short for RFC 3339")
+        );
+        assert_eq!(
+            parse_rfc3339("2017-03-01T10:00:00+0200"),
+            Err("expected Z or +HH:MM offset")
+        );
+        assert_eq!(
+            parse_rfc3339("yesterday at noon, roughly"),
+            Err("expected YYYY-MM-DDTHH:MM:SS")
+        );
     }
 
     #[test]

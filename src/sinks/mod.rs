@@ -66,8 +66,15 @@ struct Files {
 impl Files {
     fn create(dir: &Path) -> std::io::Result<Files> {
         std::fs::create_dir_all(dir)?;
-        let open = |name: &str| -> std::io::Result<BufWriter<File>> { Ok(BufWriter::new(File::create(dir.join(name))?)) };
-        Ok(Files { kpis: open("kpis.jsonl")?, deviations: open("deviations.jsonl")?, dead_letters: open("dead_letters.jsonl")?, late: open("late_events.jsonl")? })
+        let open = |name: &str| -> std::io::Result<BufWriter<File>> {
+            Ok(BufWriter::new(File::create(dir.join(name))?))
+        };
+        Ok(Files {
+            kpis: open("kpis.jsonl")?,
+            deviations: open("deviations.jsonl")?,
+            dead_letters: open("dead_letters.jsonl")?,
+            late: open("late_events.jsonl")?,
+        })
     }
 }
 
@@ -87,7 +94,10 @@ pub struct CollectorOptions {
 }
 
 /// Receives until every sender is dropped.
-pub fn collect(rx: crossbeam_channel::Receiver<SinkMessage>, opts: CollectorOptions) -> std::io::Result<Collected> {
+pub fn collect(
+    rx: crossbeam_channel::Receiver<SinkMessage>,
+    opts: CollectorOptions,
+) -> std::io::Result<Collected> {
     let mut files = opts.out_dir.as_deref().map(Files::create).transpose()?;
     let mut c = Collected::default();
     for msg in rx {
@@ -105,7 +115,9 @@ pub fn collect(rx: crossbeam_channel::Receiver<SinkMessage>, opts: CollectorOpti
                                 "KPI {:<26} window {} value {} ({:?})",
                                 r.kpi,
                                 crate::model::time::format_rfc3339(r.window_start),
-                                r.value.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+                                r.value
+                                    .map(|v| format!("{v:.4}"))
+                                    .unwrap_or_else(|| "-".into()),
                                 r.status
                             );
                         }

@@ -19,7 +19,11 @@ impl Chain {
     /// Both sources must have the same number of partitions.
     pub fn new(first: Arc<dyn Source>, then: Arc<dyn Source>) -> Result<Chain, String> {
         if first.partitions() != then.partitions() {
-            return Err(format!("cannot chain {} partitions with {}", first.partitions(), then.partitions()));
+            return Err(format!(
+                "cannot chain {} partitions with {}",
+                first.partitions(),
+                then.partitions()
+            ));
         }
         Ok(Chain { first, then })
     }
@@ -33,14 +37,27 @@ impl Source for Chain {
         format!("{}, then {}", self.first.describe(), self.then.describe())
     }
     fn readers(&self, worker: usize, peers: usize) -> Vec<Box<dyn PartitionReader>> {
-        let mut then: Vec<_> = self.then.readers(worker, peers).into_iter().map(Some).collect();
+        let mut then: Vec<_> = self
+            .then
+            .readers(worker, peers)
+            .into_iter()
+            .map(Some)
+            .collect();
         self.first
             .readers(worker, peers)
             .into_iter()
             .map(|a| {
-                let slot = then.iter_mut().find(|b| b.as_ref().is_some_and(|b| b.partition() == a.partition())).expect("same partitioning");
+                let slot = then
+                    .iter_mut()
+                    .find(|b| b.as_ref().is_some_and(|b| b.partition() == a.partition()))
+                    .expect("same partitioning");
                 let b = slot.take().expect("present");
-                Box::new(ChainReader { first: Some(a), then: b, offset_base: 0, last_end: 0 }) as Box<dyn PartitionReader>
+                Box::new(ChainReader {
+                    first: Some(a),
+                    then: b,
+                    offset_base: 0,
+                    last_end: 0,
+                }) as Box<dyn PartitionReader>
             })
             .collect()
     }
@@ -85,7 +102,10 @@ pub struct RateLimited {
 
 impl RateLimited {
     pub fn new(inner: Arc<dyn Source>, events_per_sec: f64) -> Self {
-        RateLimited { inner, events_per_sec }
+        RateLimited {
+            inner,
+            events_per_sec,
+        }
     }
 }
 
@@ -94,14 +114,25 @@ impl Source for RateLimited {
         self.inner.partitions()
     }
     fn describe(&self) -> String {
-        format!("{} at {:.0} events/s", self.inner.describe(), self.events_per_sec)
+        format!(
+            "{} at {:.0} events/s",
+            self.inner.describe(),
+            self.events_per_sec
+        )
     }
     fn readers(&self, worker: usize, peers: usize) -> Vec<Box<dyn PartitionReader>> {
         let per_partition = self.events_per_sec / self.inner.partitions().max(1) as f64;
         self.inner
             .readers(worker, peers)
             .into_iter()
-            .map(|r| Box::new(RateLimitedReader { inner: r, per_sec: per_partition, started: None, emitted: 0 }) as Box<dyn PartitionReader>)
+            .map(|r| {
+                Box::new(RateLimitedReader {
+                    inner: r,
+                    per_sec: per_partition,
+                    started: None,
+                    emitted: 0,
+                }) as Box<dyn PartitionReader>
+            })
             .collect()
     }
 }
@@ -151,11 +182,22 @@ mod tests {
                     break;
                 }
                 for (i, e) in batch.iter().enumerate() {
-                    seen.push((r.partition(), batch.first_offset + i as u64, String::from_utf8(e.to_vec()).unwrap()));
+                    seen.push((
+                        r.partition(),
+                        batch.first_offset + i as u64,
+                        String::from_utf8(e.to_vec()).unwrap(),
+                    ));
                 }
             }
         }
-        let expect = [(0, 0, "a0"), (0, 1, "a1"), (0, 2, "a2"), (1, 0, "b0"), (1, 1, "b1"), (1, 2, "b2")];
+        let expect = [
+            (0, 0, "a0"),
+            (0, 1, "a1"),
+            (0, 2, "a2"),
+            (1, 0, "b0"),
+            (1, 1, "b1"),
+            (1, 2, "b2"),
+        ];
         assert_eq!(seen, expect.map(|(p, o, s)| (p, o, s.to_string())));
     }
 }

@@ -24,7 +24,12 @@ pub enum SourceError {
     MissingColumn { path: PathBuf, column: &'static str },
     /// A data row is malformed. `row` counts data rows from 1; `line` is the 1-based line in the file.
     #[error("{}: row {row} (line {line}): {reason}", path.display())]
-    Csv { path: PathBuf, row: u64, line: u64, reason: String },
+    Csv {
+        path: PathBuf,
+        row: u64,
+        line: u64,
+        reason: String,
+    },
 }
 
 impl SourceError {

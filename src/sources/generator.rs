@@ -5,10 +5,10 @@
 //! fractions, [`Incident`]s) and the spec's service levels. Out: a [`Source`] of independent keyed
 //! partitions (order `g{p}-{n}` lives wholly in partition `p`) of JSON lines with `ts` and
 //! `promised_delivery_ts` in epoch milliseconds. Each partition is in event-time order up to
-//! `disorder_ms`, and is produced lazily from a heap of the open orders' pending events, so an
+//! `disorder_ms`, and is produced lazily from a schedule of the open orders' pending events, so an
 //! endless stream uses bounded memory.
 //!
-//! The lifecycle model ([`simulate`]) turns one order into its events: payment (failures, retries,
+//! The lifecycle model (`simulate`) turns one order into its events: payment (failures, retries,
 //! cancellations), shipping on a given day, carrier checkpoints and exceptions, lost parcels, failed
 //! delivery attempts, (partial) delivery, tickets (likelier when late) and refund/return requests.
 //! Transit depends on ship mode, region and carrier with a late tail; USPS in the South is the weak
@@ -34,8 +34,12 @@ pub const SHIP_MODES: [&str; 4] = ["Standard Class", "Second Class", "First Clas
 pub const SEGMENTS: [&str; 3] = ["Consumer", "Corporate", "Home Office"];
 pub const CARRIERS: [&str; 4] = ["UPS", "FedEx", "USPS", "DHL"];
 /// Two warehouses per region, indexed like [`REGIONS`].
-pub const WAREHOUSES: [[&str; 2]; 4] =
-    [["WH-WEST-1", "WH-WEST-2"], ["WH-EAST-1", "WH-EAST-2"], ["WH-CENTRAL-1", "WH-CENTRAL-2"], ["WH-SOUTH-1", "WH-SOUTH-2"]];
+pub const WAREHOUSES: [[&str; 2]; 4] = [
+    ["WH-WEST-1", "WH-WEST-2"],
+    ["WH-EAST-1", "WH-EAST-2"],
+    ["WH-CENTRAL-1", "WH-CENTRAL-2"],
+    ["WH-SOUTH-1", "WH-SOUTH-2"],
+];
 /// Profile index for a region or ship mode outside the tables.
 pub(crate) const OTHER: usize = 4;
 
@@ -51,10 +55,20 @@ const SHIP_DAYS: [[f64; 8]; 5] = [
     [0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0],
 ];
 /// Carrier shares per ship mode (columns as [`CARRIERS`]), then a per-region preference.
-const CARRIER_MIX: [[f64; 4]; 5] =
-    [[0.35, 0.0, 0.45, 0.20], [0.40, 0.25, 0.35, 0.0], [0.50, 0.40, 0.0, 0.10], [0.40, 0.60, 0.0, 0.0], [0.40, 0.30, 0.30, 0.0]];
-const REGION_CARRIER_BIAS: [[f64; 4]; 5] =
-    [[1.1, 1.0, 0.9, 1.2], [1.0, 1.1, 1.0, 0.9], [1.0, 0.9, 1.1, 1.0], [0.9, 1.0, 1.3, 0.8], [1.0; 4]];
+const CARRIER_MIX: [[f64; 4]; 5] = [
+    [0.35, 0.0, 0.45, 0.20],
+    [0.40, 0.25, 0.35, 0.0],
+    [0.50, 0.40, 0.0, 0.10],
+    [0.40, 0.60, 0.0, 0.0],
+    [0.40, 0.30, 0.30, 0.0],
+];
+const REGION_CARRIER_BIAS: [[f64; 4]; 5] = [
+    [1.1, 1.0, 0.9, 1.2],
+    [1.0, 1.1, 1.0, 0.9],
+    [1.0, 0.9, 1.1, 1.0],
+    [0.9, 1.0, 1.3, 0.8],
+    [1.0; 4],
+];
 /// Median transit hours per ship mode, scaled per region and carrier.
 const TRANSIT_MEDIAN_H: [f64; 5] = [72.0, 44.0, 26.0, 7.0, 60.0];
 const REGION_TRANSIT: [f64; 5] = [1.0, 0.97, 1.05, 1.08, 1.0];
@@ -66,12 +80,30 @@ const MAJOR_DELAY_MEDIAN_H: f64 = 100.0;
 /// (region, carrier) with a slower median and a much fatter late tail.
 const WEAK_ROUTE: (usize, usize) = (3, 2);
 
-const PAYMENT_FAILURES: [&str; 4] = ["card declined", "insufficient funds", "3-D Secure timeout", "fraud check failed"];
-const EXCEPTIONS: [&str; 4] = ["weather delay", "address correction needed", "missed hub connection", "vehicle breakdown"];
-const DELIVERY_FAILURES: [&str; 3] = ["recipient not available", "access code required", "business closed"];
+const PAYMENT_FAILURES: [&str; 4] = [
+    "card declined",
+    "insufficient funds",
+    "3-D Secure timeout",
+    "fraud check failed",
+];
+const EXCEPTIONS: [&str; 4] = [
+    "weather delay",
+    "address correction needed",
+    "missed hub connection",
+    "vehicle breakdown",
+];
+const DELIVERY_FAILURES: [&str; 3] = [
+    "recipient not available",
+    "access code required",
+    "business closed",
+];
 const LATE_TICKETS: [&str; 2] = ["where is my order", "delivery is late"];
 const OTHER_TICKETS: [&str; 3] = ["invoice question", "damaged packaging", "product question"];
-const REFUNDS: [&str; 3] = ["damaged item", "late delivery compensation", "price adjustment"];
+const REFUNDS: [&str; 3] = [
+    "damaged item",
+    "late delivery compensation",
+    "price adjustment",
+];
 const RETURNS: [&str; 3] = ["wrong size", "not as described", "changed mind"];
 
 /// One step of an order's life, as the lifecycle model produces it.
@@ -146,7 +178,13 @@ pub(crate) trait Disruptions {
         0
     }
     /// `(exception ts, extra transit)` for a parcel in transit `[shipped, arrival)`, if disrupted.
-    fn transit_delay(&self, _rng: &mut ChaCha8Rng, _carrier: usize, _shipped: i64, _arrival: i64) -> Option<(i64, i64)> {
+    fn transit_delay(
+        &self,
+        _rng: &mut ChaCha8Rng,
+        _carrier: usize,
+        _shipped: i64,
+        _arrival: i64,
+    ) -> Option<(i64, i64)> {
         None
     }
 }
@@ -196,49 +234,79 @@ fn choose_carrier(rng: &mut ChaCha8Rng, mode: usize, region: usize) -> usize {
 
 /// Simulates one order's life into `out` (cleared first), sorted by event time with strictly
 /// increasing timestamps, `order_created` first.
-pub(crate) fn simulate(rng: &mut ChaCha8Rng, plan: &Plan, dis: &impl Disruptions, out: &mut Vec<SimEvent>) -> Outcome {
+pub(crate) fn simulate(
+    rng: &mut ChaCha8Rng,
+    plan: &Plan,
+    dis: &impl Disruptions,
+    out: &mut Vec<SimEvent>,
+) -> Outcome {
     out.clear();
     let (mode, region) = (plan.mode.min(OTHER), plan.region.min(OTHER));
     let created = plan.created_ts;
     let promised_ts = created + plan.service.0 + plan.service.1;
     let carrier = choose_carrier(rng, mode, region);
-    let outcome = Outcome { promised_ts, carrier, tracking: rng.gen() };
+    let outcome = Outcome {
+        promised_ts,
+        carrier,
+        tracking: rng.gen(),
+    };
     let push = |out: &mut Vec<SimEvent>, ts: i64, step: Step| out.push(SimEvent { ts, step });
     push(out, created, Step::Created);
 
     // Payment: ~3% fail; most are retried successfully hours later, the rest are cancelled.
     let paid = if chance(rng, 0.03) {
         let failed = created + between(rng, 10_000, 3 * MINUTE);
-        push(out, failed, Step::PaymentFailed(one_of(rng, &PAYMENT_FAILURES)));
+        push(
+            out,
+            failed,
+            Step::PaymentFailed(one_of(rng, &PAYMENT_FAILURES)),
+        );
         if chance(rng, 0.85) {
             let ok = failed + between(rng, HOUR, 12 * HOUR);
             push(out, ok, Step::PaymentAuthorized);
             ok
         } else {
             if chance(rng, 0.3) {
-                push(out, failed + between(rng, HOUR, 6 * HOUR), Step::Ticket("payment problem"));
+                push(
+                    out,
+                    failed + between(rng, HOUR, 6 * HOUR),
+                    Step::Ticket("payment problem"),
+                );
             }
-            push(out, created + between(rng, DAY, 2 * DAY), Step::Cancelled("payment not completed"));
+            push(
+                out,
+                created + between(rng, DAY, 2 * DAY),
+                Step::Cancelled("payment not completed"),
+            );
             return finish(out, outcome);
         }
     } else {
-        let ok = created + ((MINUTE as f64 * (0.8 * normal(rng)).exp()) as i64).clamp(5_000, 30 * MINUTE);
+        let ok = created
+            + ((MINUTE as f64 * (0.8 * normal(rng)).exp()) as i64).clamp(5_000, 30 * MINUTE);
         push(out, ok, Step::PaymentAuthorized);
         ok
     };
 
     // Shipping: on the ship day in working hours, never before payment (+ handling time).
-    let planned = (plan.ship_day * DAY + between(rng, 8 * HOUR, 18 * HOUR)).max(paid + between(rng, 30 * MINUTE, 2 * HOUR));
+    let planned = (plan.ship_day * DAY + between(rng, 8 * HOUR, 18 * HOUR))
+        .max(paid + between(rng, 30 * MINUTE, 2 * HOUR));
     let shipped = planned + dis.ship_delay(planned);
     push(out, shipped, Step::Shipped);
 
     // Transit: log-normal around the route's median, with a late tail and rare exceptions.
     let weak = (region, carrier) == WEAK_ROUTE;
-    let median_h = TRANSIT_MEDIAN_H[mode] * REGION_TRANSIT[region] * CARRIER_TRANSIT[carrier] * if weak { 1.25 } else { 1.0 };
+    let median_h = TRANSIT_MEDIAN_H[mode]
+        * REGION_TRANSIT[region]
+        * CARRIER_TRANSIT[carrier]
+        * if weak { 1.25 } else { 1.0 };
     let mut transit = (median_h * HOUR as f64 * (0.3 * normal(rng)).exp()) as i64;
     // Minor hold-ups (a missed sort, a day in a depot) are mostly absorbed by the promise;
     // major ones (network congestion, a misroute) run for days and usually break it.
-    let (minor_p, major_p) = if weak { (0.25, MAJOR_DELAY_P * 2.6) } else { (0.15, MAJOR_DELAY_P) };
+    let (minor_p, major_p) = if weak {
+        (0.25, MAJOR_DELAY_P * 2.6)
+    } else {
+        (0.15, MAJOR_DELAY_P)
+    };
     if chance(rng, minor_p) {
         transit += (exponential(rng) * 20.0 * HOUR as f64) as i64;
     }
@@ -266,56 +334,93 @@ pub(crate) fn simulate(rng: &mut ChaCha8Rng, plan: &Plan, dis: &impl Disruptions
 
     // ~0.5% of parcels are lost: a ticket after the promise, often a refund request.
     if chance(rng, 0.005) {
-        push(out, shipped + between(rng, 2 * HOUR, 12 * HOUR), Step::Checkpoint);
+        push(
+            out,
+            shipped + between(rng, 2 * HOUR, 12 * HOUR),
+            Step::Checkpoint,
+        );
         let ticket = promised_ts.max(shipped) + between(rng, DAY, 4 * DAY);
         push(out, ticket, Step::Ticket("parcel not received"));
         if chance(rng, 0.5) {
-            push(out, ticket + between(rng, DAY, 3 * DAY), Step::Refund("item never arrived", cents(plan.amount)));
+            push(
+                out,
+                ticket + between(rng, DAY, 3 * DAY),
+                Step::Refund("item never arrived", cents(plan.amount)),
+            );
         }
         return finish(out, outcome);
     }
 
     let n = (1 + transit / (36 * HOUR)).min(4);
     for i in 0..n {
-        let at = shipped + (transit as f64 * (i as f64 + 0.5 + rng.gen_range(-0.3..0.3)) / (n + 1) as f64) as i64;
+        let at = shipped
+            + (transit as f64 * (i as f64 + 0.5 + rng.gen_range(-0.3..0.3)) / (n + 1) as f64)
+                as i64;
         push(out, at, Step::Checkpoint);
         last = last.max(at);
     }
     let mut delivered = shipped + transit;
-    let mut ofd = delivered - ((transit as f64 * rng.gen_range(0.03..0.2)) as i64).min(between(rng, HOUR, 5 * HOUR));
+    let mut ofd = delivered
+        - ((transit as f64 * rng.gen_range(0.03..0.2)) as i64).min(between(rng, HOUR, 5 * HOUR));
     if chance(rng, 0.015) {
         ofd = ofd.max(last + MINUTE);
         push(out, ofd, Step::OutForDelivery);
         last = ofd + between(rng, HOUR, 4 * HOUR);
-        push(out, last, Step::DeliveryFailed(one_of(rng, &DELIVERY_FAILURES)));
+        push(
+            out,
+            last,
+            Step::DeliveryFailed(one_of(rng, &DELIVERY_FAILURES)),
+        );
         delivered = last + between(rng, 18 * HOUR, 26 * HOUR);
         ofd = delivered - between(rng, HOUR, 4 * HOUR);
     }
     ofd = ofd.max(last + MINUTE);
     delivered = delivered.max(ofd + 10 * MINUTE);
     push(out, ofd, Step::OutForDelivery);
-    let qty = if plan.qty >= 2 && chance(rng, 0.01) { plan.qty - rng.gen_range(1..plan.qty) } else { plan.qty };
+    let qty = if plan.qty >= 2 && chance(rng, 0.01) {
+        plan.qty - rng.gen_range(1..plan.qty)
+    } else {
+        plan.qty
+    };
     push(out, delivered, Step::Delivered(qty));
     if qty < plan.qty && chance(rng, 0.6) {
-        push(out, delivered + between(rng, 2 * HOUR, 2 * DAY), Step::Ticket("missing items"));
+        push(
+            out,
+            delivered + between(rng, 2 * HOUR, 2 * DAY),
+            Step::Ticket("missing items"),
+        );
     }
 
     // Tickets (much likelier when late) and refund/return requests after delivery.
     let late = delivered > promised_ts;
     if chance(rng, if late { 0.12 } else { 0.018 }) {
         if late {
-            push(out, promised_ts + between(rng, 2 * HOUR, 30 * HOUR), Step::Ticket(one_of(rng, &LATE_TICKETS)));
+            push(
+                out,
+                promised_ts + between(rng, 2 * HOUR, 30 * HOUR),
+                Step::Ticket(one_of(rng, &LATE_TICKETS)),
+            );
         } else {
-            push(out, delivered + between(rng, HOUR, 5 * DAY), Step::Ticket(one_of(rng, &OTHER_TICKETS)));
+            push(
+                out,
+                delivered + between(rng, HOUR, 5 * DAY),
+                Step::Ticket(one_of(rng, &OTHER_TICKETS)),
+            );
         }
     }
     if chance(rng, if late { 0.08 } else { 0.035 }) {
         let at = delivered + between(rng, DAY, 20 * DAY);
         let step = if chance(rng, 0.55) {
             let items = rng.gen_range(1..=plan.qty.max(1));
-            Step::Return(one_of(rng, &RETURNS), cents(plan.amount * items as f64 / plan.qty.max(1) as f64))
+            Step::Return(
+                one_of(rng, &RETURNS),
+                cents(plan.amount * items as f64 / plan.qty.max(1) as f64),
+            )
         } else {
-            Step::Refund(one_of(rng, &REFUNDS), cents(plan.amount * rng.gen_range(0.1..=1.0)))
+            Step::Refund(
+                one_of(rng, &REFUNDS),
+                cents(plan.amount * rng.gen_range(0.1..=1.0)),
+            )
         };
         push(out, at, step);
     }
@@ -341,9 +446,21 @@ fn finish(out: &mut [SimEvent], outcome: Outcome) -> Outcome {
 pub enum Incident {
     /// Parcels of `carrier` in `region` in transit at any time during `[from_ms, to_ms)` are, with
     /// `probability`, held up by `extra_delay_ms` (with a `carrier network disruption` exception).
-    CarrierCollapse { carrier: String, region: String, from_ms: i64, to_ms: i64, extra_delay_ms: i64, probability: f64 },
+    CarrierCollapse {
+        carrier: String,
+        region: String,
+        from_ms: i64,
+        to_ms: i64,
+        extra_delay_ms: i64,
+        probability: f64,
+    },
     /// Shipments of `warehouse` planned during `[from_ms, to_ms)` leave `extra_ship_delay_ms` later.
-    WarehouseBacklog { warehouse: String, from_ms: i64, to_ms: i64, extra_ship_delay_ms: i64 },
+    WarehouseBacklog {
+        warehouse: String,
+        from_ms: i64,
+        to_ms: i64,
+        extra_ship_delay_ms: i64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -385,8 +502,20 @@ impl Default for GeneratorConfig {
 /// An incident with its names resolved to table indices (`None`: matches nothing).
 #[derive(Clone, Debug)]
 enum Resolved {
-    Collapse { carrier: Option<usize>, region: Option<usize>, from: i64, to: i64, extra: i64, p: f64 },
-    Backlog { warehouse: Option<(usize, usize)>, from: i64, to: i64, extra: i64 },
+    Collapse {
+        carrier: Option<usize>,
+        region: Option<usize>,
+        from: i64,
+        to: i64,
+        extra: i64,
+        p: f64,
+    },
+    Backlog {
+        warehouse: Option<(usize, usize)>,
+        from: i64,
+        to: i64,
+        extra: i64,
+    },
 }
 
 struct Model {
@@ -408,13 +537,27 @@ impl GeneratorSource {
             (l.ship_within.ms(), l.transit.ms())
         };
         let d = &spec.service_levels.default;
-        let service = [level(SHIP_MODES[0]), level(SHIP_MODES[1]), level(SHIP_MODES[2]), level(SHIP_MODES[3]), (d.ship_within.ms(), d.transit.ms())];
-        let find = |table: &[&str], name: &str| table.iter().position(|x| x.eq_ignore_ascii_case(name));
+        let service = [
+            level(SHIP_MODES[0]),
+            level(SHIP_MODES[1]),
+            level(SHIP_MODES[2]),
+            level(SHIP_MODES[3]),
+            (d.ship_within.ms(), d.transit.ms()),
+        ];
+        let find =
+            |table: &[&str], name: &str| table.iter().position(|x| x.eq_ignore_ascii_case(name));
         let incidents = cfg
             .incidents
             .iter()
             .map(|i| match i {
-                Incident::CarrierCollapse { carrier, region, from_ms, to_ms, extra_delay_ms, probability } => Resolved::Collapse {
+                Incident::CarrierCollapse {
+                    carrier,
+                    region,
+                    from_ms,
+                    to_ms,
+                    extra_delay_ms,
+                    probability,
+                } => Resolved::Collapse {
                     carrier: find(&CARRIERS, carrier),
                     region: find(&REGIONS, region),
                     from: *from_ms,
@@ -422,7 +565,12 @@ impl GeneratorSource {
                     extra: *extra_delay_ms,
                     p: *probability,
                 },
-                Incident::WarehouseBacklog { warehouse, from_ms, to_ms, extra_ship_delay_ms } => Resolved::Backlog {
+                Incident::WarehouseBacklog {
+                    warehouse,
+                    from_ms,
+                    to_ms,
+                    extra_ship_delay_ms,
+                } => Resolved::Backlog {
                     warehouse: (0..4).find_map(|r| find(&WAREHOUSES[r], warehouse).map(|w| (r, w))),
                     from: *from_ms,
                     to: *to_ms,
@@ -430,7 +578,13 @@ impl GeneratorSource {
                 },
             })
             .collect();
-        GeneratorSource { model: Arc::new(Model { cfg, service, incidents }) }
+        GeneratorSource {
+            model: Arc::new(Model {
+                cfg,
+                service,
+                incidents,
+            }),
+        }
     }
 
     /// Reads every partition to its end, or to `max_events_per_partition` events.
@@ -447,7 +601,10 @@ impl GeneratorSource {
                 let mut reader = GeneratorReader::new(self.model.clone(), p);
                 let mut all = RawBatch::default();
                 // `poll` appends, so the whole partition accumulates in one batch.
-                while all.len() < cap && reader.poll((cap - all.len()).min(1 << 16), &mut all) != PollStatus::Finished {}
+                while all.len() < cap
+                    && reader.poll((cap - all.len()).min(1 << 16), &mut all) != PollStatus::Finished
+                {
+                }
                 all
             })
             .collect();
@@ -461,7 +618,9 @@ impl Source for GeneratorSource {
     }
     fn describe(&self) -> String {
         let c = &self.model.cfg;
-        let orders = c.orders_per_partition.map_or("endless".to_string(), |n| format!("{n} orders"));
+        let orders = c
+            .orders_per_partition
+            .map_or("endless".to_string(), |n| format!("{n} orders"));
         format!(
             "generator (seed {}, {} partitions x {orders}, 1 order per {} ms, disorder {} ms, {} incidents)",
             c.seed,
@@ -474,7 +633,9 @@ impl Source for GeneratorSource {
     fn readers(&self, worker: usize, peers: usize) -> Vec<Box<dyn PartitionReader>> {
         (0..self.model.cfg.partitions)
             .filter(|p| *p as usize % peers.max(1) == worker)
-            .map(|p| Box::new(GeneratorReader::new(self.model.clone(), p)) as Box<dyn PartitionReader>)
+            .map(|p| {
+                Box::new(GeneratorReader::new(self.model.clone(), p)) as Box<dyn PartitionReader>
+            })
             .collect()
     }
 }
@@ -491,15 +652,41 @@ impl Disruptions for OrderIncidents<'_> {
         self.incidents
             .iter()
             .map(|i| match i {
-                Resolved::Backlog { warehouse: Some(w), from, to, extra } if *w == (self.region, self.warehouse) && (*from..*to).contains(&planned) => *extra,
+                Resolved::Backlog {
+                    warehouse: Some(w),
+                    from,
+                    to,
+                    extra,
+                } if *w == (self.region, self.warehouse) && (*from..*to).contains(&planned) => {
+                    *extra
+                }
                 _ => 0,
             })
             .sum()
     }
-    fn transit_delay(&self, rng: &mut ChaCha8Rng, carrier: usize, shipped: i64, arrival: i64) -> Option<(i64, i64)> {
+    fn transit_delay(
+        &self,
+        rng: &mut ChaCha8Rng,
+        carrier: usize,
+        shipped: i64,
+        arrival: i64,
+    ) -> Option<(i64, i64)> {
         for i in self.incidents {
-            if let Resolved::Collapse { carrier: Some(c), region: Some(r), from, to, extra, p } = i {
-                if *c == carrier && *r == self.region && shipped < *to && arrival > *from && chance(rng, *p) {
+            if let Resolved::Collapse {
+                carrier: Some(c),
+                region: Some(r),
+                from,
+                to,
+                extra,
+                p,
+            } = i
+            {
+                if *c == carrier
+                    && *r == self.region
+                    && shipped < *to
+                    && arrival > *from
+                    && chance(rng, *p)
+                {
                     return Some((shipped.max(*from) + between(rng, 0, 6 * HOUR), *extra));
                 }
             }
@@ -522,7 +709,7 @@ struct OrderSlot {
     amount: f64,
     promised_ts: i64,
     tracking: u64,
-    /// Events still in the heap; the slot is reused at 0.
+    /// Events still pending; the slot is reused at 0.
     pending: u32,
 }
 
@@ -555,6 +742,75 @@ impl Ord for Pending {
     }
 }
 
+/// Pending events in exact `(key, seq)` order: a small heap for the loaded hour of arrival keys,
+/// a ring of hourly buckets for the next weeks, and a heap for anything later. (One big binary
+/// heap spent most of the generator's time in cache misses.)
+struct Schedule {
+    near: BinaryHeap<Pending>,
+    ring: Vec<Vec<Pending>>,
+    far: BinaryHeap<Pending>,
+    /// Bucket loaded into `near`: every pending key in it or before it is in `near`.
+    bucket: i64,
+    in_ring: usize,
+}
+
+const BUCKET_MS: i64 = HOUR;
+const RING_BUCKETS: i64 = 1024;
+
+impl Schedule {
+    fn new(start_ms: i64) -> Self {
+        let ring = (0..RING_BUCKETS).map(|_| Vec::new()).collect();
+        Schedule {
+            near: BinaryHeap::new(),
+            ring,
+            far: BinaryHeap::new(),
+            bucket: start_ms.div_euclid(BUCKET_MS),
+            in_ring: 0,
+        }
+    }
+    fn len(&self) -> usize {
+        self.near.len() + self.in_ring + self.far.len()
+    }
+    fn push(&mut self, p: Pending) {
+        let b = p.key.div_euclid(BUCKET_MS);
+        if b <= self.bucket {
+            self.near.push(p);
+        } else if b < self.bucket + RING_BUCKETS {
+            self.ring[b.rem_euclid(RING_BUCKETS) as usize].push(p);
+            self.in_ring += 1;
+        } else {
+            self.far.push(p);
+        }
+    }
+    /// Loads buckets until `near` holds the earliest pending event (or nothing is pending).
+    fn fill(&mut self) {
+        while self.near.is_empty() && (self.in_ring > 0 || !self.far.is_empty()) {
+            self.bucket = match self.far.peek() {
+                Some(f) if self.in_ring == 0 => f.key.div_euclid(BUCKET_MS),
+                _ => self.bucket + 1,
+            };
+            let slot = &mut self.ring[self.bucket.rem_euclid(RING_BUCKETS) as usize];
+            self.in_ring -= slot.len();
+            self.near.extend(slot.drain(..));
+            while self
+                .far
+                .peek()
+                .is_some_and(|f| f.key.div_euclid(BUCKET_MS) <= self.bucket)
+            {
+                self.near.push(self.far.pop().expect("peeked"));
+            }
+        }
+    }
+    fn peek_key(&mut self) -> Option<i64> {
+        self.fill();
+        self.near.peek().map(|p| p.key)
+    }
+    fn pop(&mut self) -> Option<Pending> {
+        self.fill();
+        self.near.pop()
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Corruption {
     None,
@@ -564,8 +820,18 @@ enum Corruption {
     UnknownType,
 }
 
-const BAD_TS: [&str; 4] = ["\"2024-03-05 14:22:01\"", "\"05/03/2024 14:22\"", "\"2024-02-30T10:00:00Z\"", "-1"];
-const BAD_TYPES: [&str; 4] = ["order_teleported", "ORDER_CREATED", "shipment_created", "delivered_partially"];
+const BAD_TS: [&str; 4] = [
+    "\"2024-03-05 14:22:01\"",
+    "\"05/03/2024 14:22\"",
+    "\"2024-02-30T10:00:00Z\"",
+    "-1",
+];
+const BAD_TYPES: [&str; 4] = [
+    "order_teleported",
+    "ORDER_CREATED",
+    "shipment_created",
+    "delivered_partially",
+];
 
 struct GeneratorReader {
     model: Arc<Model>,
@@ -576,7 +842,7 @@ struct GeneratorReader {
     transport: ChaCha8Rng,
     next_order: u64,
     next_created_ts: i64,
-    heap: BinaryHeap<Pending>,
+    pending: Schedule,
     seq: u64,
     slots: Vec<OrderSlot>,
     free: Vec<u32>,
@@ -606,7 +872,7 @@ impl GeneratorReader {
             transport,
             next_order: 0,
             next_created_ts,
-            heap: BinaryHeap::new(),
+            pending: Schedule::new(next_created_ts),
             seq: 0,
             slots: Vec::new(),
             free: Vec::new(),
@@ -616,7 +882,10 @@ impl GeneratorReader {
     }
 
     fn orders_done(&self) -> bool {
-        self.model.cfg.orders_per_partition.is_some_and(|m| self.next_order >= m)
+        self.model
+            .cfg
+            .orders_per_partition
+            .is_some_and(|m| self.next_order >= m)
     }
 
     /// Simulates the next order and queues its events.
@@ -642,8 +911,20 @@ impl GeneratorReader {
             }
         }
         let ship_day = created.div_euclid(DAY) + pick(rng, &SHIP_DAYS[mode]) as i64;
-        let plan = Plan { created_ts: created, mode, region, service: self.model.service[mode], qty, amount: cents(amount), ship_day };
-        let dis = OrderIncidents { incidents: &self.model.incidents, region, warehouse };
+        let plan = Plan {
+            created_ts: created,
+            mode,
+            region,
+            service: self.model.service[mode],
+            qty,
+            amount: cents(amount),
+            ship_day,
+        };
+        let dis = OrderIncidents {
+            incidents: &self.model.incidents,
+            region,
+            warehouse,
+        };
         let outcome = simulate(rng, &plan, &dis, &mut self.scratch);
 
         let slot = OrderSlot {
@@ -673,25 +954,50 @@ impl GeneratorReader {
         };
         let disorder = cfg.disorder_ms.max(0);
         for (k, e) in self.scratch.iter().enumerate() {
-            let jitter = if disorder > 0 { rng.gen_range(0..=disorder) } else { 0 };
+            let jitter = if disorder > 0 {
+                rng.gen_range(0..=disorder)
+            } else {
+                0
+            };
             self.seq += 1;
-            self.heap.push(Pending { key: e.ts + jitter, seq: self.seq, ts: e.ts, slot: index, k: k as u16, dup: false, step: e.step });
+            self.pending.push(Pending {
+                key: e.ts + jitter,
+                seq: self.seq,
+                ts: e.ts,
+                slot: index,
+                k: k as u16,
+                dup: false,
+                step: e.step,
+            });
         }
     }
 
     /// Emits the earliest pending event into `batch`.
     fn emit(&mut self, batch: &mut RawBatch) {
-        let p = self.heap.pop().expect("emit is called with a pending event");
+        let p = self
+            .pending
+            .pop()
+            .expect("emit is called with a pending event");
         let cfg = &self.model.cfg;
         let t = &mut self.transport;
         if cfg.duplicate_rate > 0.0 && !p.dup && t.gen::<f64>() < cfg.duplicate_rate {
             let latest = p.ts + cfg.disorder_ms.max(0);
             self.seq += 1;
             self.slots[p.slot as usize].pending += 1;
-            self.heap.push(Pending { key: between(t, p.key, latest), seq: self.seq, dup: true, ..p });
+            self.pending.push(Pending {
+                key: between(t, p.key, latest),
+                seq: self.seq,
+                dup: true,
+                ..p
+            });
         }
         let corruption = if cfg.malformed_rate > 0.0 && t.gen::<f64>() < cfg.malformed_rate {
-            let kinds = [Corruption::Truncated, Corruption::BadTs, Corruption::UnknownType, Corruption::MissingPromise];
+            let kinds = [
+                Corruption::Truncated,
+                Corruption::BadTs,
+                Corruption::UnknownType,
+                Corruption::MissingPromise,
+            ];
             kinds[t.gen_range(0..if p.step == Step::Created { 4 } else { 3 })]
         } else {
             Corruption::None
@@ -721,9 +1027,9 @@ impl PartitionReader for GeneratorReader {
         let mut n = 0;
         while n < max_events {
             let orders_done = self.orders_done();
-            match self.heap.peek() {
+            match self.pending.peek_key() {
                 // Every event not generated yet has ts (and so key) >= the next order's creation.
-                Some(top) if orders_done || top.key <= self.next_created_ts => {
+                Some(key) if orders_done || key <= self.next_created_ts => {
                     self.emit(batch);
                     n += 1;
                 }
@@ -734,7 +1040,7 @@ impl PartitionReader for GeneratorReader {
         if n > 0 {
             batch.first_offset = first_offset;
             PollStatus::Ready
-        } else if self.orders_done() && self.heap.is_empty() {
+        } else if self.orders_done() && self.pending.len() == 0 {
             PollStatus::Finished
         } else {
             PollStatus::Ready
@@ -768,7 +1074,7 @@ fn put_i64(buf: &mut Vec<u8>, v: i64) {
 
 fn put_padded(buf: &mut Vec<u8>, v: u64, width: usize) {
     let digits = if v == 0 { 1 } else { v.ilog10() as usize + 1 };
-    buf.extend(std::iter::repeat(b'0').take(width.saturating_sub(digits)));
+    buf.resize(buf.len() + width.saturating_sub(digits), b'0');
     put_u64(buf, v);
 }
 
@@ -812,7 +1118,14 @@ pub(crate) fn put_tracking(buf: &mut Vec<u8>, carrier: usize, tracking: u64) {
     }
 }
 
-fn write_event(buf: &mut Vec<u8>, partition: u32, o: &OrderSlot, p: &Pending, bad: Corruption, rng: &mut ChaCha8Rng) {
+fn write_event(
+    buf: &mut Vec<u8>,
+    partition: u32,
+    o: &OrderSlot,
+    p: &Pending,
+    bad: Corruption,
+    rng: &mut ChaCha8Rng,
+) {
     buf.extend_from_slice(b"{\"v\":1,\"event_id\":\"g");
     put_u64(buf, partition as u64);
     buf.push(b'-');
@@ -823,7 +1136,11 @@ fn write_event(buf: &mut Vec<u8>, partition: u32, o: &OrderSlot, p: &Pending, ba
     put_u64(buf, partition as u64);
     buf.push(b'-');
     put_u64(buf, o.n);
-    let type_name = if bad == Corruption::UnknownType { one_of(rng, &BAD_TYPES) } else { p.step.type_name() };
+    let type_name = if bad == Corruption::UnknownType {
+        one_of(rng, &BAD_TYPES)
+    } else {
+        p.step.type_name()
+    };
     buf.extend_from_slice(b"\",\"type\":\"");
     buf.extend_from_slice(type_name.as_bytes());
     buf.extend_from_slice(b"\",\"ts\":");
@@ -840,7 +1157,11 @@ fn write_event(buf: &mut Vec<u8>, partition: u32, o: &OrderSlot, p: &Pending, ba
             put_str_field(buf, "segment", SEGMENTS[o.segment as usize]);
             put_str_field(buf, "region", REGIONS[o.region as usize]);
             put_str_field(buf, "ship_mode", SHIP_MODES[o.mode as usize]);
-            put_str_field(buf, "warehouse", WAREHOUSES[o.region as usize][o.warehouse as usize]);
+            put_str_field(
+                buf,
+                "warehouse",
+                WAREHOUSES[o.region as usize][o.warehouse as usize],
+            );
             put_key(buf, "qty");
             put_u64(buf, o.qty as u64);
             put_key(buf, "amount");
@@ -851,9 +1172,11 @@ fn write_event(buf: &mut Vec<u8>, partition: u32, o: &OrderSlot, p: &Pending, ba
             }
         }
         Step::PaymentAuthorized | Step::Checkpoint | Step::OutForDelivery => {}
-        Step::PaymentFailed(r) | Step::Exception(r) | Step::DeliveryFailed(r) | Step::Ticket(r) | Step::Cancelled(r) => {
-            put_str_field(buf, "reason", r)
-        }
+        Step::PaymentFailed(r)
+        | Step::Exception(r)
+        | Step::DeliveryFailed(r)
+        | Step::Ticket(r)
+        | Step::Cancelled(r) => put_str_field(buf, "reason", r),
         Step::Shipped => {
             put_str_field(buf, "carrier", CARRIERS[o.carrier as usize]);
             buf.extend_from_slice(b",\"tracking\":\"");
@@ -887,7 +1210,13 @@ mod tests {
     }
 
     fn small(seed: u64) -> GeneratorConfig {
-        GeneratorConfig { seed, partitions: 3, orders_per_partition: Some(3_000), order_interval_ms: 60_000, ..GeneratorConfig::default() }
+        GeneratorConfig {
+            seed,
+            partitions: 3,
+            orders_per_partition: Some(3_000),
+            order_interval_ms: 60_000,
+            ..GeneratorConfig::default()
+        }
     }
 
     fn lines(m: &MemoryPartitions, p: usize) -> Vec<Vec<u8>> {
@@ -895,7 +1224,13 @@ mod tests {
     }
 
     fn decode_all(m: &MemoryPartitions) -> Vec<OrderEvent> {
-        (0..m.partitions() as usize).flat_map(|p| m.partition_events(p).map(|l| decode_event(l).unwrap()).collect::<Vec<_>>()).collect()
+        (0..m.partitions() as usize)
+            .flat_map(|p| {
+                m.partition_events(p)
+                    .map(|l| decode_event(l).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Per order: (region, promised, created ts, carrier, shipped ts, delivered ts).
@@ -916,9 +1251,16 @@ mod tests {
             let v = out.entry(e.order_id.to_string()).or_default();
             match &e.body {
                 EventBody::OrderCreated(c) => {
-                    (v.region, v.warehouse, v.promised, v.created) = (c.region.to_string(), c.warehouse.to_string(), c.promised_delivery_ts, e.ts)
+                    (v.region, v.warehouse, v.promised, v.created) = (
+                        c.region.to_string(),
+                        c.warehouse.to_string(),
+                        c.promised_delivery_ts,
+                        e.ts,
+                    )
                 }
-                EventBody::Shipped { carrier, .. } => (v.carrier, v.shipped) = (carrier.to_string(), Some(e.ts)),
+                EventBody::Shipped { carrier, .. } => {
+                    (v.carrier, v.shipped) = (carrier.to_string(), Some(e.ts))
+                }
                 EventBody::Delivered { .. } => v.delivered = Some(e.ts),
                 _ => {}
             }
@@ -928,8 +1270,15 @@ mod tests {
 
     /// On-time rate of delivered orders matching `keep`.
     fn on_time(views: &HashMap<String, View>, keep: impl Fn(&View) -> bool) -> (f64, usize) {
-        let hits: Vec<bool> = views.values().filter(|v| keep(v)).filter_map(|v| v.delivered.map(|d| d <= v.promised)).collect();
-        (hits.iter().filter(|h| **h).count() as f64 / hits.len().max(1) as f64, hits.len())
+        let hits: Vec<bool> = views
+            .values()
+            .filter(|v| keep(v))
+            .filter_map(|v| v.delivered.map(|d| d <= v.promised))
+            .collect();
+        (
+            hits.iter().filter(|h| **h).count() as f64 / hits.len().max(1) as f64,
+            hits.len(),
+        )
     }
 
     #[test]
@@ -941,7 +1290,11 @@ mod tests {
             assert_eq!(lines(&a, p), lines(&b, p));
             assert_ne!(lines(&a, p), lines(&c, p));
         }
-        assert_ne!(lines(&a, 0), lines(&a, 1), "partitions are independent streams");
+        assert_ne!(
+            lines(&a, 0),
+            lines(&a, 1),
+            "partitions are independent streams"
+        );
     }
 
     #[test]
@@ -956,34 +1309,57 @@ mod tests {
         assert_eq!(by_order.len(), 9_000);
         for (id, evs) in &mut by_order {
             evs.sort_by_key(|e| e.ts);
-            assert!(matches!(evs[0].body, EventBody::OrderCreated(_)), "{id} does not start with order_created");
+            assert!(
+                matches!(evs[0].body, EventBody::OrderCreated(_)),
+                "{id} does not start with order_created"
+            );
         }
         for p in 0..3 {
             let prefix = format!("g{p}-");
-            assert!(m.partition_events(p).all(|l| decode_event(l).unwrap().order_id.starts_with(&prefix)));
+            assert!(m
+                .partition_events(p)
+                .all(|l| decode_event(l).unwrap().order_id.starts_with(&prefix)));
         }
         let v = views(&events);
         for (id, o) in &v {
             if let Some(d) = o.delivered {
-                assert!(d > o.shipped.unwrap() && o.shipped.unwrap() > o.created, "{id}: {o:?}");
+                assert!(
+                    d > o.shipped.unwrap() && o.shipped.unwrap() > o.created,
+                    "{id}: {o:?}"
+                );
             }
         }
         let (rate, n) = on_time(&v, |_| true);
-        assert!(n > 8_500 && (0.83..0.94).contains(&rate), "on-time {rate} over {n}");
+        assert!(
+            n > 8_500 && (0.83..0.94).contains(&rate),
+            "on-time {rate} over {n}"
+        );
         let (south_usps, _) = on_time(&v, |o| o.region == "South" && o.carrier == "USPS");
-        assert!(south_usps < rate - 0.1, "the weak route stands out: {south_usps} vs {rate}");
+        assert!(
+            south_usps < rate - 0.1,
+            "the weak route stands out: {south_usps} vs {rate}"
+        );
     }
 
     #[test]
     fn disorder_is_bounded_per_partition_and_duplicates_stay_within_it() {
-        let cfg = GeneratorConfig { duplicate_rate: 0.03, disorder_ms: 5 * MINUTE, ..small(4) };
+        let cfg = GeneratorConfig {
+            duplicate_rate: 0.03,
+            disorder_ms: 5 * MINUTE,
+            ..small(4)
+        };
         let m = GeneratorSource::new(cfg, &spec()).materialize(None);
         let (mut total, mut dups, mut disordered) = (0, 0, 0);
         for p in 0..3 {
             let mut max_ts = i64::MIN / 2;
             let mut seen = std::collections::HashSet::new();
             for e in m.partition_events(p).map(|l| decode_event(l).unwrap()) {
-                assert!(e.ts >= max_ts - 5 * MINUTE, "partition {p}: {} is {} ms behind", e.event_id, max_ts - e.ts);
+                assert!(
+                    e.ts >= max_ts - 5 * MINUTE,
+                    "partition {p}: {} is {} ms behind",
+                    e.event_id,
+                    max_ts - e.ts
+                );
                 disordered += usize::from(e.ts < max_ts);
                 max_ts = max_ts.max(e.ts);
                 dups += usize::from(!seen.insert(e.event_id));
@@ -992,13 +1368,23 @@ mod tests {
         }
         let rate = dups as f64 / total as f64;
         assert!((0.025..0.035).contains(&rate), "duplicate rate {rate}");
-        assert!(disordered > total / 20, "the stream is actually disordered ({disordered} of {total})");
+        assert!(
+            disordered > total / 20,
+            "the stream is actually disordered ({disordered} of {total})"
+        );
     }
 
     #[test]
     fn malformed_lines_fail_with_their_intended_reason() {
         let clean = GeneratorSource::new(small(5), &spec()).materialize(None);
-        let dirty = GeneratorSource::new(GeneratorConfig { malformed_rate: 0.05, ..small(5) }, &spec()).materialize(None);
+        let dirty = GeneratorSource::new(
+            GeneratorConfig {
+                malformed_rate: 0.05,
+                ..small(5)
+            },
+            &spec(),
+        )
+        .materialize(None);
         let mut kinds: HashMap<&str, usize> = HashMap::new();
         let mut total = 0;
         for p in 0..3 {
@@ -1012,27 +1398,55 @@ mod tests {
                 let reason = decode_event(line).expect_err("a replaced line must not decode");
                 match &reason {
                     DecodeError::Malformed(_) => assert!(good.starts_with(line)),
-                    DecodeError::MissingField { field, .. } => assert_eq!(*field, "promised_delivery_ts"),
+                    DecodeError::MissingField { field, .. } => {
+                        assert_eq!(*field, "promised_delivery_ts")
+                    }
                     DecodeError::BadTimestamp { field, .. } => assert_eq!(*field, "ts"),
                     DecodeError::UnknownType(_) => {}
-                    other => panic!("unintended reason {other} for {}", String::from_utf8_lossy(line)),
+                    other => panic!(
+                        "unintended reason {other} for {}",
+                        String::from_utf8_lossy(line)
+                    ),
                 }
                 *kinds.entry(reason.kind()).or_default() += 1;
             }
         }
         let bad: usize = kinds.values().sum();
-        assert!((0.04..0.06).contains(&(bad as f64 / total as f64)), "{kinds:?} of {total}");
+        assert!(
+            (0.04..0.06).contains(&(bad as f64 / total as f64)),
+            "{kinds:?} of {total}"
+        );
         assert_eq!(kinds.len(), 4, "{kinds:?}");
     }
 
     #[test]
     fn a_carrier_collapse_drops_that_carriers_on_time_rate_in_that_region() {
         let (from, to) = (1_704_067_200_000 + 3 * DAY, 1_704_067_200_000 + 5 * DAY);
-        let base = GeneratorConfig { seed: 9, partitions: 2, orders_per_partition: Some(12_000), order_interval_ms: 60_000, ..GeneratorConfig::default() };
-        let collapse = Incident::CarrierCollapse { carrier: "UPS".into(), region: "West".into(), from_ms: from, to_ms: to, extra_delay_ms: 5 * DAY, probability: 0.9 };
-        let hit = GeneratorConfig { incidents: vec![collapse], ..base.clone() };
-        let before = views(&decode_all(&GeneratorSource::new(base, &spec()).materialize(None)));
-        let after = views(&decode_all(&GeneratorSource::new(hit, &spec()).materialize(None)));
+        let base = GeneratorConfig {
+            seed: 9,
+            partitions: 2,
+            orders_per_partition: Some(12_000),
+            order_interval_ms: 60_000,
+            ..GeneratorConfig::default()
+        };
+        let collapse = Incident::CarrierCollapse {
+            carrier: "UPS".into(),
+            region: "West".into(),
+            from_ms: from,
+            to_ms: to,
+            extra_delay_ms: 5 * DAY,
+            probability: 0.9,
+        };
+        let hit = GeneratorConfig {
+            incidents: vec![collapse],
+            ..base.clone()
+        };
+        let before = views(&decode_all(
+            &GeneratorSource::new(base, &spec()).materialize(None),
+        ));
+        let after = views(&decode_all(
+            &GeneratorSource::new(hit, &spec()).materialize(None),
+        ));
         let in_window = |o: &View| o.shipped.is_some_and(|s| (from..to).contains(&s));
         let affected = |o: &View| o.carrier == "UPS" && o.region == "West" && in_window(o);
         let bystander = |o: &View| o.carrier == "UPS" && o.region == "East" && in_window(o);
@@ -1040,36 +1454,84 @@ mod tests {
         assert!(n > 100 && m > 100, "{n} {m} deliveries");
         assert!(b > 0.8 && a < b - 0.4, "UPS/West on-time {b:.3} -> {a:.3}");
         let ((b2, _), (a2, _)) = (on_time(&before, bystander), on_time(&after, bystander));
-        assert!((b2 - a2).abs() < 0.08, "UPS/East unaffected: {b2:.3} -> {a2:.3}");
+        assert!(
+            (b2 - a2).abs() < 0.08,
+            "UPS/East unaffected: {b2:.3} -> {a2:.3}"
+        );
     }
 
     #[test]
     fn a_warehouse_backlog_delays_its_shipments() {
         let (from, to) = (1_704_067_200_000 + 3 * DAY, 1_704_067_200_000 + 5 * DAY);
-        let backlog = Incident::WarehouseBacklog { warehouse: "WH-EAST-1".into(), from_ms: from, to_ms: to, extra_ship_delay_ms: 2 * DAY };
-        let base = GeneratorConfig { order_interval_ms: 3 * MINUTE, ..small(11) };
-        let hit = GeneratorConfig { incidents: vec![backlog], ..base.clone() };
-        let before = views(&decode_all(&GeneratorSource::new(base, &spec()).materialize(None)));
-        let after = views(&decode_all(&GeneratorSource::new(hit, &spec()).materialize(None)));
-        let shipped_in_window = |v: &HashMap<String, View>, wh: &str| v.values().filter(|o| o.warehouse == wh && o.shipped.is_some_and(|s| (from..to).contains(&s))).count();
+        let backlog = Incident::WarehouseBacklog {
+            warehouse: "WH-EAST-1".into(),
+            from_ms: from,
+            to_ms: to,
+            extra_ship_delay_ms: 2 * DAY,
+        };
+        let base = GeneratorConfig {
+            order_interval_ms: 3 * MINUTE,
+            ..small(11)
+        };
+        let hit = GeneratorConfig {
+            incidents: vec![backlog],
+            ..base.clone()
+        };
+        let before = views(&decode_all(
+            &GeneratorSource::new(base, &spec()).materialize(None),
+        ));
+        let after = views(&decode_all(
+            &GeneratorSource::new(hit, &spec()).materialize(None),
+        ));
+        let shipped_in_window = |v: &HashMap<String, View>, wh: &str| {
+            v.values()
+                .filter(|o| o.warehouse == wh && o.shipped.is_some_and(|s| (from..to).contains(&s)))
+                .count()
+        };
         let mean_ship_hours = |v: &HashMap<String, View>, wh: &str| {
-            let d: Vec<i64> = v.values().filter(|o| o.warehouse == wh).filter_map(|o| o.shipped.map(|s| s - o.created)).collect();
+            let d: Vec<i64> = v
+                .values()
+                .filter(|o| o.warehouse == wh)
+                .filter_map(|o| o.shipped.map(|s| s - o.created))
+                .collect();
             d.iter().sum::<i64>() as f64 / d.len().max(1) as f64 / HOUR as f64
         };
-        let (b1, a1) = (shipped_in_window(&before, "WH-EAST-1"), shipped_in_window(&after, "WH-EAST-1"));
-        let (b2, a2) = (shipped_in_window(&before, "WH-EAST-2"), shipped_in_window(&after, "WH-EAST-2"));
-        assert!(b1 > 100 && a1 * 20 < b1, "WH-EAST-1 shipments during the backlog: {b1} -> {a1}");
+        let (b1, a1) = (
+            shipped_in_window(&before, "WH-EAST-1"),
+            shipped_in_window(&after, "WH-EAST-1"),
+        );
+        let (b2, a2) = (
+            shipped_in_window(&before, "WH-EAST-2"),
+            shipped_in_window(&after, "WH-EAST-2"),
+        );
+        assert!(
+            b1 > 100 && a1 * 20 < b1,
+            "WH-EAST-1 shipments during the backlog: {b1} -> {a1}"
+        );
         assert!(a2 * 10 > b2 * 8, "WH-EAST-2 keeps shipping: {b2} -> {a2}");
-        let (h1, h2) = (mean_ship_hours(&before, "WH-EAST-1"), mean_ship_hours(&after, "WH-EAST-1"));
-        assert!(h2 > h1 + 4.0, "WH-EAST-1 order-to-ship hours {h1:.1} -> {h2:.1}");
+        let (h1, h2) = (
+            mean_ship_hours(&before, "WH-EAST-1"),
+            mean_ship_hours(&after, "WH-EAST-1"),
+        );
+        assert!(
+            h2 > h1 + 4.0,
+            "WH-EAST-1 order-to-ship hours {h1:.1} -> {h2:.1}"
+        );
     }
 
     #[test]
     fn an_endless_partition_is_lazy_and_bounded() {
-        let cfg = GeneratorConfig { orders_per_partition: None, order_interval_ms: 10 * MINUTE, ..GeneratorConfig::default() };
+        let cfg = GeneratorConfig {
+            orders_per_partition: None,
+            order_interval_ms: 10 * MINUTE,
+            ..GeneratorConfig::default()
+        };
         let source = GeneratorSource::new(cfg, &spec());
         let readers = source.readers(1, 2);
-        assert_eq!(readers.iter().map(|r| r.partition()).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            readers.iter().map(|r| r.partition()).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
         let mut reader = GeneratorReader::new(source.model.clone(), 1);
         let mut batch = RawBatch::default();
         let (mut offset, mut peak) = (0, [0usize; 3]);
@@ -1078,16 +1540,26 @@ mod tests {
             assert_eq!(reader.poll(2_000, &mut batch), PollStatus::Ready);
             assert_eq!((batch.len(), batch.first_offset), (2_000, offset));
             offset += 2_000;
-            peak[i / 50] = peak[i / 50].max(reader.heap.len() + reader.slots.len());
+            peak[i / 50] = peak[i / 50].max(reader.pending.len() + reader.slots.len());
         }
         // ~300k events = ~200 days of event time: the pending state stops growing after a few weeks.
-        assert!(peak[2] < 10_000 && peak[2] * 10 < peak[1] * 13, "pending state per third: {peak:?}");
+        assert!(
+            peak[2] < 10_000 && peak[2] * 10 < peak[1] * 13,
+            "pending state per third: {peak:?}"
+        );
     }
 
     #[test]
     fn a_finite_partition_finishes() {
-        let cfg = GeneratorConfig { partitions: 1, orders_per_partition: Some(50), ..GeneratorConfig::default() };
-        let mut reader = GeneratorSource::new(cfg, &spec()).readers(0, 1).pop().unwrap();
+        let cfg = GeneratorConfig {
+            partitions: 1,
+            orders_per_partition: Some(50),
+            ..GeneratorConfig::default()
+        };
+        let mut reader = GeneratorSource::new(cfg, &spec())
+            .readers(0, 1)
+            .pop()
+            .unwrap();
         let (mut batch, mut n) = (RawBatch::default(), 0);
         while reader.poll(64, &mut batch) == PollStatus::Ready {
             n += batch.len();
@@ -1101,7 +1573,10 @@ mod tests {
     #[test]
     #[ignore]
     fn generator_throughput() {
-        let cfg = GeneratorConfig { orders_per_partition: Some(90_000), ..GeneratorConfig::default() };
+        let cfg = GeneratorConfig {
+            orders_per_partition: Some(90_000),
+            ..GeneratorConfig::default()
+        };
         let source = GeneratorSource::new(cfg.clone(), &spec());
         let start = std::time::Instant::now();
         let (mut events, mut bytes) = (0, 0);
@@ -1116,23 +1591,19 @@ mod tests {
             }
         }
         let secs = start.elapsed().as_secs_f64();
-        eprintln!("polled {events} events ({} MB) in {secs:.2} s: {:.0} events/s", bytes >> 20, events as f64 / secs);
+        eprintln!(
+            "polled {events} events ({} MB) in {secs:.2} s: {:.0} events/s",
+            bytes >> 20,
+            events as f64 / secs
+        );
         let start = std::time::Instant::now();
         let m = GeneratorSource::new(cfg, &spec()).materialize(None);
         let secs = start.elapsed().as_secs_f64();
-        eprintln!("generated {} events ({} MB) in {secs:.2} s: {:.0} events/s", m.len(), m.bytes() >> 20, m.len() as f64 / secs);
-    }
-}
-#[cfg(test)]
-mod tmp_dump {
-    #[test]
-    #[ignore]
-    fn dump() {
-        use super::*;
-        let cfg = GeneratorConfig { duplicate_rate: 0.02, malformed_rate: 0.01, orders_per_partition: Some(20_000), ..GeneratorConfig::default() };
-        let m = GeneratorSource::new(cfg, &PipelineSpec::builtin()).materialize(None);
-        let mut out = Vec::new();
-        for p in 0..4 { for l in m.partition_events(p) { out.extend_from_slice(l); out.push(b'\n'); } }
-        std::fs::write(std::env::var("DUMP").unwrap(), out).unwrap();
+        eprintln!(
+            "generated {} events ({} MB) in {secs:.2} s: {:.0} events/s",
+            m.len(),
+            m.bytes() >> 20,
+            m.len() as f64 / secs
+        );
     }
 }

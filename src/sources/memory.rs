@@ -32,17 +32,27 @@ impl MemoryPartitions {
                 b
             })
             .collect();
-        MemoryPartitions { parts: Arc::new(parts), label: label.into() }
+        MemoryPartitions {
+            parts: Arc::new(parts),
+            label: label.into(),
+        }
     }
 
     /// Spreads one ordered stream over `partitions` round-robin (event `i` -> `i % partitions`).
-    pub fn round_robin<E: AsRef<[u8]>>(label: impl Into<String>, events: impl IntoIterator<Item = E>, partitions: u32) -> Self {
+    pub fn round_robin<E: AsRef<[u8]>>(
+        label: impl Into<String>,
+        events: impl IntoIterator<Item = E>,
+        partitions: u32,
+    ) -> Self {
         let mut parts = vec![RawBatch::default(); partitions.max(1) as usize];
         let n = parts.len();
         for (i, e) in events.into_iter().enumerate() {
             parts[i % n].push(e.as_ref());
         }
-        MemoryPartitions { parts: Arc::new(parts), label: label.into() }
+        MemoryPartitions {
+            parts: Arc::new(parts),
+            label: label.into(),
+        }
     }
 
     /// Total number of events.
@@ -71,12 +81,23 @@ impl Source for MemoryPartitions {
         self.parts.len() as u32
     }
     fn describe(&self) -> String {
-        format!("{} ({} events in {} partitions)", self.label, self.len(), self.parts.len())
+        format!(
+            "{} ({} events in {} partitions)",
+            self.label,
+            self.len(),
+            self.parts.len()
+        )
     }
     fn readers(&self, worker: usize, peers: usize) -> Vec<Box<dyn PartitionReader>> {
         (0..self.parts.len())
             .filter(|p| p % peers == worker)
-            .map(|p| Box::new(MemoryReader { parts: self.parts.clone(), partition: p, next: 0 }) as Box<dyn PartitionReader>)
+            .map(|p| {
+                Box::new(MemoryReader {
+                    parts: self.parts.clone(),
+                    partition: p,
+                    next: 0,
+                }) as Box<dyn PartitionReader>
+            })
             .collect()
     }
 }
@@ -98,11 +119,21 @@ impl PartitionReader for MemoryReader {
         }
         batch.first_offset = self.next as u64;
         let end = (self.next + max_events).min(part.ends.len());
-        let start_byte = if self.next == 0 { 0 } else { part.ends[self.next - 1] };
+        let start_byte = if self.next == 0 {
+            0
+        } else {
+            part.ends[self.next - 1]
+        };
         let end_byte = part.ends[end - 1];
         let base = batch.data.len();
-        batch.data.extend_from_slice(&part.data[start_byte..end_byte]);
-        batch.ends.extend(part.ends[self.next..end].iter().map(|e| e - start_byte + base));
+        batch
+            .data
+            .extend_from_slice(&part.data[start_byte..end_byte]);
+        batch.ends.extend(
+            part.ends[self.next..end]
+                .iter()
+                .map(|e| e - start_byte + base),
+        );
         self.next = end;
         PollStatus::Ready
     }

@@ -5,8 +5,8 @@
 //! in [`RawBatch`]es, decoded downstream by `dataflow::ingest`. Sources never decode: a malformed
 //! line is the ingest stage's to reject.
 
-pub mod error;
 pub mod chain;
+pub mod error;
 pub mod generator;
 pub mod jsonl;
 pub mod memory;

@@ -53,17 +53,32 @@ impl Outcome {
 
     /// The final record with this key (`kpi|dims|window_start`).
     pub fn kpi(&self, key: &str) -> &KpiRecord {
-        self.final_kpis.iter().find(|k| k.key() == key).unwrap_or_else(|| {
-            let keys: Vec<String> = self.final_kpis.iter().map(|k| k.key()).filter(|k| k.starts_with(key.split('|').next().unwrap_or(""))).collect();
-            panic!("{}: no final KPI `{key}`; records of that KPI: {keys:#?}", self.label)
-        })
+        self.final_kpis
+            .iter()
+            .find(|k| k.key() == key)
+            .unwrap_or_else(|| {
+                let keys: Vec<String> = self
+                    .final_kpis
+                    .iter()
+                    .map(|k| k.key())
+                    .filter(|k| k.starts_with(key.split('|').next().unwrap_or("")))
+                    .collect();
+                panic!(
+                    "{}: no final KPI `{key}`; records of that KPI: {keys:#?}",
+                    self.label
+                )
+            })
     }
     pub fn has_kpi(&self, key: &str) -> bool {
         self.final_kpis.iter().any(|k| k.key() == key)
     }
     /// Final records of one KPI and dims (`k=v,k=v`), in window order.
     pub fn series(&self, kpi: &str, dims: &str) -> Vec<&KpiRecord> {
-        let mut v: Vec<&KpiRecord> = self.final_kpis.iter().filter(|k| k.kpi == kpi && fulfillment_ai::model::records::dims_key(&k.dims) == dims).collect();
+        let mut v: Vec<&KpiRecord> = self
+            .final_kpis
+            .iter()
+            .filter(|k| k.kpi == kpi && fulfillment_ai::model::records::dims_key(&k.dims) == dims)
+            .collect();
         v.sort_by_key(|k| k.window_start);
         v
     }
@@ -71,8 +86,16 @@ impl Outcome {
         let matching: Vec<&Deviation> = self.deviations.iter().filter(|d| d.id == id).collect();
         match matching.as_slice() {
             [d] => d,
-            [] => panic!("{}: no deviation `{id}`; have: {:#?}", self.label, self.deviation_ids()),
-            many => panic!("{}: deviation `{id}` fired {} times: {many:#?}", self.label, many.len()),
+            [] => panic!(
+                "{}: no deviation `{id}`; have: {:#?}",
+                self.label,
+                self.deviation_ids()
+            ),
+            many => panic!(
+                "{}: deviation `{id}` fired {} times: {many:#?}",
+                self.label,
+                many.len()
+            ),
         }
     }
     pub fn has_deviation(&self, id: &str) -> bool {
@@ -85,25 +108,68 @@ impl Outcome {
         self.deviations.iter().filter(|d| d.kind == kind).collect()
     }
     /// Asserts a deviation fired exactly once with this severity and event time.
-    pub fn assert_deviation(&self, id: &str, kind: DeviationType, severity: Severity, event_time: i64) {
+    pub fn assert_deviation(
+        &self,
+        id: &str,
+        kind: DeviationType,
+        severity: Severity,
+        event_time: i64,
+    ) {
         let d = self.deviation(id);
-        assert_eq!((d.kind, d.severity, d.event_time), (kind, severity, event_time), "{}: deviation `{id}`: {d:#?}", self.label);
+        assert_eq!(
+            (d.kind, d.severity, d.event_time),
+            (kind, severity, event_time),
+            "{}: deviation `{id}`: {d:#?}",
+            self.label
+        );
     }
 }
 
 /// Runs the dataflow over `input`.
-pub fn run_dataflow(spec: &PipelineSpec, input: &MemoryPartitions, workers: usize, collect_risk_scores: bool) -> Outcome {
-    let opts = JobOptions { workers, collect_risk_scores, ..Default::default() };
-    let r = run_job(spec, Arc::new(input.clone()), &opts).unwrap_or_else(|e| panic!("run_job with {workers} workers failed: {e}"));
-    let mut risk_scores: Vec<(String, i64, i64)> = r.risk_scores.iter().map(|s| (s.order_id.clone(), s.now, s.risk_ppm)).collect();
+pub fn run_dataflow(
+    spec: &PipelineSpec,
+    input: &MemoryPartitions,
+    workers: usize,
+    collect_risk_scores: bool,
+) -> Outcome {
+    let opts = JobOptions {
+        workers,
+        collect_risk_scores,
+        ..Default::default()
+    };
+    let r = run_job(spec, Arc::new(input.clone()), &opts)
+        .unwrap_or_else(|e| panic!("run_job with {workers} workers failed: {e}"));
+    let mut risk_scores: Vec<(String, i64, i64)> = r
+        .risk_scores
+        .iter()
+        .map(|s| (s.order_id.clone(), s.now, s.risk_ppm))
+        .collect();
     risk_scores.sort();
-    let mut dead_letters: Vec<(u32, u64, String)> = r.dead_letters.iter().map(|d| (d.partition, d.offset, d.reason.clone())).collect();
+    let mut dead_letters: Vec<(u32, u64, String)> = r
+        .dead_letters
+        .iter()
+        .map(|d| (d.partition, d.offset, d.reason.clone()))
+        .collect();
     dead_letters.sort();
-    let mut late_events: Vec<(u32, u64, String, String, i64)> =
-        r.late_events.iter().map(|l| (l.partition, l.offset, l.event_id.clone(), l.order_id.clone(), l.ts)).collect();
+    let mut late_events: Vec<(u32, u64, String, String, i64)> = r
+        .late_events
+        .iter()
+        .map(|l| {
+            (
+                l.partition,
+                l.offset,
+                l.event_id.clone(),
+                l.order_id.clone(),
+                l.ts,
+            )
+        })
+        .collect();
     late_events.sort();
     Outcome {
-        label: format!("dataflow ({workers} worker{})", if workers == 1 { "" } else { "s" }),
+        label: format!(
+            "dataflow ({workers} worker{})",
+            if workers == 1 { "" } else { "s" }
+        ),
         final_kpis: r.final_kpis,
         deviations: r.deviations,
         risk_scores,
@@ -116,7 +182,11 @@ pub fn run_dataflow(spec: &PipelineSpec, input: &MemoryPartitions, workers: usiz
 }
 
 /// The oracle and the dataflow with each worker count, oracle first.
-pub fn all_outcomes(spec: &PipelineSpec, input: &MemoryPartitions, workers: &[usize]) -> Vec<Outcome> {
+pub fn all_outcomes(
+    spec: &PipelineSpec,
+    input: &MemoryPartitions,
+    workers: &[usize],
+) -> Vec<Outcome> {
     let mut v = vec![Outcome::from_oracle(&crate::oracle::recompute(spec, input))];
     v.extend(workers.iter().map(|&w| run_dataflow(spec, input, w, false)));
     v
@@ -127,7 +197,10 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 fn kpi_line(k: &KpiRecord) -> String {
-    format!("value {:?} num {} den {} status {:?}", k.value, k.numerator, k.denominator, k.status)
+    format!(
+        "value {:?} num {} den {} status {:?}",
+        k.value, k.numerator, k.denominator, k.status
+    )
 }
 
 /// Differences between two sets of final KPI records, matched by key.
@@ -136,10 +209,18 @@ pub fn kpi_diff(expected: &[KpiRecord], actual: &[KpiRecord]) -> Vec<String> {
     let a: BTreeMap<String, &KpiRecord> = actual.iter().map(|k| (k.key(), k)).collect();
     let mut out = Vec::new();
     if e.len() != expected.len() {
-        out.push(format!("expected side has {} records but {} distinct keys", expected.len(), e.len()));
+        out.push(format!(
+            "expected side has {} records but {} distinct keys",
+            expected.len(),
+            e.len()
+        ));
     }
     if a.len() != actual.len() {
-        out.push(format!("actual side has {} records but {} distinct keys", actual.len(), a.len()));
+        out.push(format!(
+            "actual side has {} records but {} distinct keys",
+            actual.len(),
+            a.len()
+        ));
     }
     for (key, x) in &e {
         match a.get(key) {
@@ -150,8 +231,19 @@ pub fn kpi_diff(expected: &[KpiRecord], actual: &[KpiRecord]) -> Vec<String> {
                     (None, None) => true,
                     _ => false,
                 };
-                if !value_ok || x.numerator != y.numerator || x.denominator != y.denominator || x.status != y.status || x.window_end != y.window_end || !y.is_final {
-                    out.push(format!("differs   {key}: expected {} | actual {} (final {})", kpi_line(x), kpi_line(y), y.is_final));
+                if !value_ok
+                    || x.numerator != y.numerator
+                    || x.denominator != y.denominator
+                    || x.status != y.status
+                    || x.window_end != y.window_end
+                    || !y.is_final
+                {
+                    out.push(format!(
+                        "differs   {key}: expected {} | actual {} (final {})",
+                        kpi_line(x),
+                        kpi_line(y),
+                        y.is_final
+                    ));
                 }
             }
         }
@@ -165,7 +257,13 @@ pub fn kpi_diff(expected: &[KpiRecord], actual: &[KpiRecord]) -> Vec<String> {
 }
 
 fn dev_tuple(d: &Deviation) -> (String, DeviationType, Severity, Option<String>, i64) {
-    (d.id.clone(), d.kind, d.severity, d.order_id.clone(), d.event_time)
+    (
+        d.id.clone(),
+        d.kind,
+        d.severity,
+        d.order_id.clone(),
+        d.event_time,
+    )
 }
 
 /// Differences between two deviation lists on (id, kind, severity, order_id, event_time).
@@ -183,16 +281,25 @@ pub fn deviation_diff(expected: &[Deviation], actual: &[Deviation]) -> Vec<Strin
                 j += 1;
             }
             (Some(x), Some(y)) if x.0 == y.0 => {
-                out.push(format!("differs   {}: expected {:?} {:?} {:?} at {} | actual {:?} {:?} {:?} at {}", x.0, x.1, x.2, x.3, x.4, y.1, y.2, y.3, y.4));
+                out.push(format!(
+                    "differs   {}: expected {:?} {:?} {:?} at {} | actual {:?} {:?} {:?} at {}",
+                    x.0, x.1, x.2, x.3, x.4, y.1, y.2, y.3, y.4
+                ));
                 i += 1;
                 j += 1;
             }
             (Some(x), y) if y.is_none_or(|y| (&x.0, x.4) < (&y.0, y.4)) => {
-                out.push(format!("missing   {} ({:?} {:?} at {})", x.0, x.1, x.2, x.4));
+                out.push(format!(
+                    "missing   {} ({:?} {:?} at {})",
+                    x.0, x.1, x.2, x.4
+                ));
                 i += 1;
             }
             (_, Some(y)) => {
-                out.push(format!("unexpected {} ({:?} {:?} at {})", y.0, y.1, y.2, y.4));
+                out.push(format!(
+                    "unexpected {} ({:?} {:?} at {})",
+                    y.0, y.1, y.2, y.4
+                ));
                 j += 1;
             }
             (Some(_), None) | (None, None) => unreachable!(),
@@ -202,7 +309,11 @@ pub fn deviation_diff(expected: &[Deviation], actual: &[Deviation]) -> Vec<Strin
 }
 
 /// Differences between two sorted lists of displayable items.
-pub fn list_diff<T: PartialEq + Ord + std::fmt::Debug>(what: &str, expected: &[T], actual: &[T]) -> Vec<String> {
+pub fn list_diff<T: PartialEq + Ord + std::fmt::Debug>(
+    what: &str,
+    expected: &[T],
+    actual: &[T],
+) -> Vec<String> {
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
     while i < expected.len() || j < actual.len() {
@@ -231,7 +342,11 @@ pub fn outcome_diff(expected: &Outcome, actual: &Outcome, risk: bool) -> Vec<Str
     for (what, x, y) in [
         ("late", expected.late, actual.late),
         ("duplicates", expected.duplicates, actual.duplicates),
-        ("dead_lettered", expected.dead_lettered, actual.dead_lettered),
+        (
+            "dead_lettered",
+            expected.dead_lettered,
+            actual.dead_lettered,
+        ),
     ] {
         if x != y {
             out.push(format!("counter {what}: expected {x} | actual {y}"));
@@ -239,10 +354,22 @@ pub fn outcome_diff(expected: &Outcome, actual: &Outcome, risk: bool) -> Vec<Str
     }
     out.extend(kpi_diff(&expected.final_kpis, &actual.final_kpis));
     out.extend(deviation_diff(&expected.deviations, &actual.deviations));
-    out.extend(list_diff("late event", &expected.late_events, &actual.late_events));
-    out.extend(list_diff("dead letter", &expected.dead_letters, &actual.dead_letters));
+    out.extend(list_diff(
+        "late event",
+        &expected.late_events,
+        &actual.late_events,
+    ));
+    out.extend(list_diff(
+        "dead letter",
+        &expected.dead_letters,
+        &actual.dead_letters,
+    ));
     if risk {
-        out.extend(list_diff("risk score", &expected.risk_scores, &actual.risk_scores));
+        out.extend(list_diff(
+            "risk score",
+            &expected.risk_scores,
+            &actual.risk_scores,
+        ));
     }
     out
 }
@@ -279,22 +406,33 @@ pub fn yaml(text: &str) -> serde_yaml::Value {
 pub fn set(v: &mut serde_yaml::Value, path: &str, value: serde_yaml::Value) {
     let mut cur = v;
     for key in path.split('.') {
-        let map = cur.as_mapping_mut().unwrap_or_else(|| panic!("`{path}`: `{key}` is not inside a mapping"));
-        cur = map.entry(serde_yaml::Value::from(key)).or_insert(serde_yaml::Value::Mapping(Default::default()));
+        let map = cur
+            .as_mapping_mut()
+            .unwrap_or_else(|| panic!("`{path}`: `{key}` is not inside a mapping"));
+        cur = map
+            .entry(serde_yaml::Value::from(key))
+            .or_insert(serde_yaml::Value::Mapping(Default::default()));
     }
     *cur = value;
 }
 
 /// The KPI entries of a spec document.
 pub fn kpis_mut(v: &mut serde_yaml::Value) -> &mut Vec<serde_yaml::Value> {
-    v.get_mut("kpis").and_then(|k| k.as_sequence_mut()).expect("spec has a kpis list")
+    v.get_mut("kpis")
+        .and_then(|k| k.as_sequence_mut())
+        .expect("spec has a kpis list")
 }
 
 /// The shipped `pipelines/fulfillment.yaml`, edited as a YAML document, then parsed and validated
 /// by `PipelineSpec::parse`.
 pub fn spec_with(edit: impl FnOnce(&mut serde_yaml::Value)) -> PipelineSpec {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/fulfillment.yaml")).expect("read pipelines/fulfillment.yaml");
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("pipelines/fulfillment.yaml is YAML");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/fulfillment.yaml"
+    ))
+    .expect("read pipelines/fulfillment.yaml");
+    let mut doc: serde_yaml::Value =
+        serde_yaml::from_str(&text).expect("pipelines/fulfillment.yaml is YAML");
     edit(&mut doc);
     let text = serde_yaml::to_string(&doc).expect("serialise spec");
     PipelineSpec::parse(&text, "test spec").unwrap_or_else(|e| panic!("test spec invalid: {e}"))
@@ -320,7 +458,11 @@ pub fn pinned_spec(extra: impl FnOnce(&mut serde_yaml::Value)) -> PipelineSpec {
         );
         set(v, "deviations.sla_delivery.grace", yaml("2h"));
         set(v, "deviations.fulfillment_gap.transit_factor", yaml("1.5"));
-        set(v, "deviations.refund_requested.critical_amount", yaml("500"));
+        set(
+            v,
+            "deviations.refund_requested.critical_amount",
+            yaml("500"),
+        );
         set(
             v,
             "deviations.anomaly",
@@ -400,7 +542,12 @@ pub fn created(event_id: &str, order_id: &str, ts: i64, promised: i64, d: &Order
 
 /// Any other event; `extra` is appended inside the object (e.g. `,"carrier":"UPS"`).
 pub fn event(event_id: &str, order_id: &str, kind: &str, ts: i64, extra: &str) -> Ev {
-    Ev { ts, line: format!(r#"{{"v":1,"event_id":"{event_id}","order_id":"{order_id}","type":"{kind}","ts":{ts}{extra}}}"#) }
+    Ev {
+        ts,
+        line: format!(
+            r#"{{"v":1,"event_id":"{event_id}","order_id":"{order_id}","type":"{kind}","ts":{ts}{extra}}}"#
+        ),
+    }
 }
 
 /// Lines in event-time order (stable for equal times).

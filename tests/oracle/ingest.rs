@@ -26,7 +26,11 @@ pub struct Ingested {
 
 pub fn ingest(spec: &PipelineSpec, input: &MemoryPartitions) -> Ingested {
     let behind = spec.time.out_of_orderness.ms() + spec.time.allowed_lateness.ms();
-    let mut out = Ingested { accepted: Vec::new(), dead_letters: Vec::new(), late_events: Vec::new() };
+    let mut out = Ingested {
+        accepted: Vec::new(),
+        dead_letters: Vec::new(),
+        late_events: Vec::new(),
+    };
     for p in 0..input.partitions() {
         // Largest ts accepted so far on this partition; no frontier before the first event.
         let mut max_ts: Option<i64> = None;
@@ -44,11 +48,21 @@ pub fn ingest(spec: &PipelineSpec, input: &MemoryPartitions) -> Ingested {
                 Some(m) => tick_of(spec, event.ts) < tick_of(spec, m - behind),
             };
             if late {
-                out.late_events.push((p, offset, event.event_id.to_string(), event.order_id.to_string(), event.ts));
+                out.late_events.push((
+                    p,
+                    offset,
+                    event.event_id.to_string(),
+                    event.order_id.to_string(),
+                    event.ts,
+                ));
                 continue;
             }
             max_ts = Some(max_ts.map_or(event.ts, |m| m.max(event.ts)));
-            out.accepted.push(Accepted { partition: p, offset, event });
+            out.accepted.push(Accepted {
+                partition: p,
+                offset,
+                event,
+            });
         }
     }
     out

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use fulfillment_ai::config::pipeline::{FactSel, Kpi, Measure, PipelineSpec, Severity};
-use fulfillment_ai::dataflow::kpi_math::{anomaly_z, kpi_status, kpi_value, quantile_rank, status_count};
+use fulfillment_ai::dataflow::kpi_math::{
+    anomaly_z, kpi_status, kpi_value, quantile_rank, status_count,
+};
 use fulfillment_ai::model::facts::{Dimension, Fact};
 use fulfillment_ai::model::records::dims_key;
 use fulfillment_ai::model::{Deviation, DeviationType, KpiRecord, KpiStatus};
@@ -19,7 +21,9 @@ use super::orders::{deviation, BacklogChange};
 #[derive(Clone, Copy, Debug)]
 enum Contribution {
     /// A selected fact (count), with whether it is a hit (rate).
-    Selected { hit: bool },
+    Selected {
+        hit: bool,
+    },
     Numerator,
     Denominator,
     /// A selected fact's field value (mean, sum, quantile).
@@ -40,7 +44,9 @@ fn contributions(measure: &Measure, f: &Fact) -> Vec<Contribution> {
         }
         Measure::Rate { sel, hit } => {
             if selects(sel, f) {
-                out.push(Contribution::Selected { hit: hit.iter().all(|&(flag, want)| f.flag(flag) == want) });
+                out.push(Contribution::Selected {
+                    hit: hit.iter().all(|&(flag, want)| f.flag(flag) == want),
+                });
             }
         }
         Measure::Ratio { num, den } => {
@@ -51,7 +57,9 @@ fn contributions(measure: &Measure, f: &Fact) -> Vec<Contribution> {
                 out.push(Contribution::Denominator);
             }
         }
-        Measure::Mean { sel, field } | Measure::Sum { sel, field } | Measure::Quantile { sel, field, .. } => {
+        Measure::Mean { sel, field }
+        | Measure::Sum { sel, field }
+        | Measure::Quantile { sel, field, .. } => {
             // A fact without the measured field is not a measurement of it.
             if let (true, Some(v)) = (selects(sel, f), f.field(*field)) {
                 out.push(Contribution::Value(v));
@@ -64,16 +72,33 @@ fn contributions(measure: &Measure, f: &Fact) -> Vec<Contribution> {
 
 /// `(numerator, denominator)` of a cell from its contributions.
 fn fold(measure: &Measure, cs: &[Contribution]) -> (i64, i64) {
-    let values = || cs.iter().filter_map(|c| if let Contribution::Value(v) = c { Some(*v) } else { None });
+    let values = || {
+        cs.iter().filter_map(|c| {
+            if let Contribution::Value(v) = c {
+                Some(*v)
+            } else {
+                None
+            }
+        })
+    };
     match measure {
         Measure::Count { .. } => (cs.len() as i64, cs.len() as i64),
         Measure::Rate { .. } => {
-            let hits = cs.iter().filter(|c| matches!(c, Contribution::Selected { hit: true })).count();
+            let hits = cs
+                .iter()
+                .filter(|c| matches!(c, Contribution::Selected { hit: true }))
+                .count();
             (hits as i64, cs.len() as i64)
         }
         Measure::Ratio { .. } => {
-            let num = cs.iter().filter(|c| matches!(c, Contribution::Numerator)).count();
-            let den = cs.iter().filter(|c| matches!(c, Contribution::Denominator)).count();
+            let num = cs
+                .iter()
+                .filter(|c| matches!(c, Contribution::Numerator))
+                .count();
+            let den = cs
+                .iter()
+                .filter(|c| matches!(c, Contribution::Denominator))
+                .count();
             (num as i64, den as i64)
         }
         Measure::Mean { .. } | Measure::Sum { .. } => (values().sum(), values().count() as i64),
@@ -92,7 +117,10 @@ fn dim_name(d: Dimension) -> String {
 }
 
 /// The fact's values for a dimension set, when all are known.
-fn dims_values(set: &[Dimension], dims: &fulfillment_ai::model::facts::Dims) -> Option<BTreeMap<String, String>> {
+fn dims_values(
+    set: &[Dimension],
+    dims: &fulfillment_ai::model::facts::Dims,
+) -> Option<BTreeMap<String, String>> {
     let mut m = BTreeMap::new();
     for &d in set {
         m.insert(dim_name(d), dims.get(d)?.to_string());
@@ -100,7 +128,13 @@ fn dims_values(set: &[Dimension], dims: &fulfillment_ai::model::facts::Dims) -> 
     Some(m)
 }
 
-fn record(kpi: &Kpi, dims: BTreeMap<String, String>, start: i64, numerator: i64, denominator: i64) -> KpiRecord {
+fn record(
+    kpi: &Kpi,
+    dims: BTreeMap<String, String>,
+    start: i64,
+    numerator: i64,
+    denominator: i64,
+) -> KpiRecord {
     let value = kpi_value(&kpi.measure, numerator, denominator);
     KpiRecord {
         kpi: kpi.name.clone(),
@@ -124,9 +158,14 @@ fn fact_cells(kpi: &Kpi, facts: &[Fact]) -> Vec<KpiRecord> {
             continue;
         }
         for set in &kpi.dimension_sets {
-            let Some(dims) = dims_values(set, &f.dims) else { continue };
+            let Some(dims) = dims_values(set, &f.dims) else {
+                continue;
+            };
             for start in kpi.window.windows_of(f.ts) {
-                cells.entry((dims.clone(), start)).or_default().extend_from_slice(&cs);
+                cells
+                    .entry((dims.clone(), start))
+                    .or_default()
+                    .extend_from_slice(&cs);
             }
         }
     }
@@ -147,13 +186,18 @@ fn gauge_cells(spec: &PipelineSpec, kpi: &Kpi, changes: &[BacklogChange]) -> Vec
         // Net change per (dims values, tick).
         let mut deltas: BTreeMap<BTreeMap<String, String>, BTreeMap<i64, i64>> = BTreeMap::new();
         for c in changes {
-            let Some(dims) = dims_values(set, &c.dims) else { continue };
+            let Some(dims) = dims_values(set, &c.dims) else {
+                continue;
+            };
             *deltas.entry(dims).or_default().entry(c.tick).or_default() += c.delta;
         }
         for (dims, by_tick) in deltas {
             // Windows in which the level changed at some tick.
-            let windows: BTreeSet<i64> =
-                by_tick.iter().filter(|(_, d)| **d != 0).map(|(t, _)| (t * tick_ms).div_euclid(size) * size).collect();
+            let windows: BTreeSet<i64> = by_tick
+                .iter()
+                .filter(|(_, d)| **d != 0)
+                .map(|(t, _)| (t * tick_ms).div_euclid(size) * size)
+                .collect();
             for start in windows {
                 let last_tick = (start + size) / tick_ms - 1;
                 let level: i64 = by_tick.range(..=last_tick).map(|(_, d)| d).sum();
@@ -165,7 +209,11 @@ fn gauge_cells(spec: &PipelineSpec, kpi: &Kpi, changes: &[BacklogChange]) -> Vec
 }
 
 /// Final records of every KPI (sorted by key) and the breach and anomaly deviations.
-pub fn aggregate(spec: &PipelineSpec, facts: &[Fact], backlog: &[BacklogChange]) -> (Vec<KpiRecord>, Vec<Deviation>) {
+pub fn aggregate(
+    spec: &PipelineSpec,
+    facts: &[Fact],
+    backlog: &[BacklogChange],
+) -> (Vec<KpiRecord>, Vec<Deviation>) {
     let mut records = Vec::new();
     let mut deviations = Vec::new();
     for kpi in &spec.compiled {
@@ -181,13 +229,28 @@ pub fn aggregate(spec: &PipelineSpec, facts: &[Fact], backlog: &[BacklogChange])
                     KpiStatus::Critical => Severity::Critical,
                     _ => continue,
                 };
-                let id = format!("kpi_threshold_breach:{}:{}:{}", kpi.name, dims_key(&c.dims), c.window_start);
-                deviations.push(deviation(id, DeviationType::KpiThresholdBreach, severity, None, c.dims.clone(), c.window_end));
+                let id = format!(
+                    "kpi_threshold_breach:{}:{}:{}",
+                    kpi.name,
+                    dims_key(&c.dims),
+                    c.window_start
+                );
+                deviations.push(deviation(
+                    id,
+                    DeviationType::KpiThresholdBreach,
+                    severity,
+                    None,
+                    c.dims.clone(),
+                    c.window_end,
+                ));
             }
         }
         let rule = &spec.deviations.anomaly;
         if rule.enabled && rule.kpis.contains(&kpi.name) {
-            let direction = kpi.thresholds.expect("anomaly KPIs have thresholds").direction;
+            let direction = kpi
+                .thresholds
+                .expect("anomaly KPIs have thresholds")
+                .direction;
             // Cells are sorted by (dims, window start): each series is a run, in window order.
             let mut history: Vec<f64> = Vec::new();
             let mut series: Option<&BTreeMap<String, String>> = None;
@@ -197,10 +260,24 @@ pub fn aggregate(spec: &PipelineSpec, facts: &[Fact], backlog: &[BacklogChange])
                     history.clear();
                 }
                 // Only rated values (enough facts) are judged and form the history.
-                let (Some(v), false) = (c.value, c.status == KpiStatus::Unrated) else { continue };
+                let (Some(v), false) = (c.value, c.status == KpiStatus::Unrated) else {
+                    continue;
+                };
                 if anomaly_z(&history, v, direction, rule).is_some() {
-                    let id = format!("kpi_anomaly:{}:{}:{}", kpi.name, dims_key(&c.dims), c.window_start);
-                    deviations.push(deviation(id, DeviationType::KpiAnomaly, rule.severity, None, c.dims.clone(), c.window_end));
+                    let id = format!(
+                        "kpi_anomaly:{}:{}:{}",
+                        kpi.name,
+                        dims_key(&c.dims),
+                        c.window_start
+                    );
+                    deviations.push(deviation(
+                        id,
+                        DeviationType::KpiAnomaly,
+                        rule.severity,
+                        None,
+                        c.dims.clone(),
+                        c.window_end,
+                    ));
                 }
                 history.push(v);
             }

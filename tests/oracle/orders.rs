@@ -10,12 +10,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use fulfillment_ai::config::pipeline::Severity;
 use fulfillment_ai::config::PipelineSpec;
 use fulfillment_ai::dataflow::risk_model::RiskSnapshot;
 use fulfillment_ai::model::facts::{cents, Dims, Fact, FactField, FactFlag, FactKind};
 use fulfillment_ai::model::records::dims_key;
 use fulfillment_ai::model::{Deviation, DeviationType, EventBody, EventType, OrderEvent};
-use fulfillment_ai::config::pipeline::Severity;
 
 use super::ingest::Accepted;
 use super::tick_of;
@@ -154,7 +154,13 @@ impl Record {
 /// The context map of a per-order deviation: the order's known dims.
 pub fn dims_map(d: &Dims) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
-    for (k, v) in [("region", &d.region), ("ship_mode", &d.ship_mode), ("warehouse", &d.warehouse), ("segment", &d.segment), ("carrier", &d.carrier)] {
+    for (k, v) in [
+        ("region", &d.region),
+        ("ship_mode", &d.ship_mode),
+        ("warehouse", &d.warehouse),
+        ("segment", &d.segment),
+        ("carrier", &d.carrier),
+    ] {
         if let Some(v) = v {
             m.insert(k.to_string(), v.to_string());
         }
@@ -162,7 +168,14 @@ pub fn dims_map(d: &Dims) -> BTreeMap<String, String> {
     m
 }
 
-pub fn deviation(id: String, kind: DeviationType, severity: Severity, order_id: Option<&str>, context: BTreeMap<String, String>, event_time: i64) -> Deviation {
+pub fn deviation(
+    id: String,
+    kind: DeviationType,
+    severity: Severity,
+    order_id: Option<&str>,
+    context: BTreeMap<String, String>,
+    event_time: i64,
+) -> Deviation {
     Deviation {
         summary: format!("{} ({})", kind.as_str(), dims_key(&context)),
         id,
@@ -184,9 +197,15 @@ struct Sim<'a> {
 pub fn simulate(spec: &PipelineSpec, accepted: &[Accepted]) -> Simulated {
     let mut by_order: BTreeMap<&str, Vec<&OrderEvent>> = BTreeMap::new();
     for a in accepted {
-        by_order.entry(a.event.order_id.as_str()).or_default().push(&a.event);
+        by_order
+            .entry(a.event.order_id.as_str())
+            .or_default()
+            .push(&a.event);
     }
-    let mut sim = Sim { spec, out: Simulated::default() };
+    let mut sim = Sim {
+        spec,
+        out: Simulated::default(),
+    };
     for (order_id, mut events) in by_order {
         events.sort_by(|a, b| {
             let ka = (a.ts, a.event_id.as_str(), type_ordinal(a.event_type()));
@@ -199,7 +218,10 @@ pub fn simulate(spec: &PipelineSpec, accepted: &[Accepted]) -> Simulated {
 }
 
 fn type_ordinal(t: EventType) -> usize {
-    EventType::ALL.iter().position(|x| *x == t).expect("every type is in ALL")
+    EventType::ALL
+        .iter()
+        .position(|x| *x == t)
+        .expect("every type is in ALL")
 }
 
 impl Sim<'_> {
@@ -223,7 +245,9 @@ impl Sim<'_> {
         let mut last_tick: Option<i64> = None;
         loop {
             let next_event = events.get(i).map(|e| self.tick(e.ts));
-            let next_rec = rec.as_ref().map(|r| self.next_record_tick(r, last_tick.expect("a record exists only after a tick")));
+            let next_rec = rec.as_ref().map(|r| {
+                self.next_record_tick(r, last_tick.expect("a record exists only after a tick"))
+            });
             let t = match (next_event, next_rec) {
                 (None, None) => break,
                 (Some(a), None) | (None, Some(a)) => a,
@@ -241,7 +265,12 @@ impl Sim<'_> {
                 i += 1;
                 let r = rec.get_or_insert_with(|| {
                     generation += 1;
-                    self.out.risk_tracks.push(RiskTrack { order_id: order_id.to_string(), generation, updates: Vec::new(), retired_tick: None });
+                    self.out.risk_tracks.push(RiskTrack {
+                        order_id: order_id.to_string(),
+                        generation,
+                        updates: Vec::new(),
+                        retired_tick: None,
+                    });
                     Record::new(generation, self.out.risk_tracks.len() - 1)
                 });
                 if !r.seen.insert(e.event_id.to_string()) {
@@ -255,7 +284,12 @@ impl Sim<'_> {
             let Some(r) = rec.as_mut() else { continue };
             // 2. Timers due at this tick, by deadline then rule.
             loop {
-                let due = r.timers.iter().enumerate().filter(|(_, x)| x.due_tick <= t).min_by_key(|(_, x)| (x.deadline, x.rule));
+                let due = r
+                    .timers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| x.due_tick <= t)
+                    .min_by_key(|(_, x)| (x.deadline, x.rule));
                 let Some((k, _)) = due else { break };
                 let timer = r.timers.remove(k);
                 self.fire(order_id, r, timer);
@@ -276,7 +310,10 @@ impl Sim<'_> {
     }
 
     fn risk_update(&mut self, r: &Record, t: i64, now: i64) {
-        let level = self.spec.service_levels.for_mode(r.dims.ship_mode.as_deref().unwrap_or_default());
+        let level = self
+            .spec
+            .service_levels
+            .for_mode(r.dims.ship_mode.as_deref().unwrap_or_default());
         let snapshot = r.created.as_ref().map(|c| RiskSnapshot {
             created_ts: c.created_ts,
             promised_ts: c.promised_ts,
@@ -299,21 +336,46 @@ impl Sim<'_> {
     }
 
     fn backlog(&mut self, dims: &Dims, tick: i64, delta: i64) {
-        self.out.backlog_changes.push(BacklogChange { dims: dims.clone(), tick, delta });
+        self.out.backlog_changes.push(BacklogChange {
+            dims: dims.clone(),
+            tick,
+            delta,
+        });
     }
 
     fn fact(&mut self, kind: FactKind, ts: i64, r: &Record) -> &mut Fact {
-        self.out.facts.push(Fact::new(kind, ts, r.dims.clone()));
+        self.out
+            .facts
+            .push(Fact::new(kind, ts, r.dims.clone().into()));
         self.out.facts.last_mut().expect("just pushed")
     }
 
-    fn order_deviation(&mut self, id: String, kind: DeviationType, severity: Severity, order_id: &str, r: &Record, event_time: i64) {
-        self.out.deviations.push(deviation(id, kind, severity, Some(order_id), dims_map(&r.dims), event_time));
+    fn order_deviation(
+        &mut self,
+        id: String,
+        kind: DeviationType,
+        severity: Severity,
+        order_id: &str,
+        r: &Record,
+        event_time: i64,
+    ) {
+        self.out.deviations.push(deviation(
+            id,
+            kind,
+            severity,
+            Some(order_id),
+            dims_map(&r.dims),
+            event_time,
+        ));
     }
 
     fn schedule(&self, r: &mut Record, t: i64, deadline: i64, rule: Rule) {
         // A deadline already in the past when scheduled is due at the current tick.
-        r.timers.push(Timer { due_tick: self.tick(deadline).max(t), deadline, rule });
+        r.timers.push(Timer {
+            due_tick: self.tick(deadline).max(t),
+            deadline,
+            rule,
+        });
     }
 
     fn apply(&mut self, order_id: &str, r: &mut Record, e: &OrderEvent, t: i64) {
@@ -329,10 +391,20 @@ impl Sim<'_> {
                 r.dims.ship_mode = Some(c.ship_mode.clone());
                 r.dims.warehouse = Some(c.warehouse.clone());
                 r.dims.segment = Some(c.segment.clone());
-                r.created = Some(Created { created_ts: ts, promised_ts: c.promised_delivery_ts, qty: c.qty, amount_cents: cents(c.amount) });
+                r.created = Some(Created {
+                    created_ts: ts,
+                    promised_ts: c.promised_delivery_ts,
+                    qty: c.qty,
+                    amount_cents: cents(c.amount),
+                });
                 let level = spec.service_levels.for_mode(&c.ship_mode);
                 self.schedule(r, t, ts + level.ship_within.ms(), Rule::Ship);
-                self.schedule(r, t, c.promised_delivery_ts + dev.sla_delivery.grace.ms(), Rule::Delivery);
+                self.schedule(
+                    r,
+                    t,
+                    c.promised_delivery_ts + dev.sla_delivery.grace.ms(),
+                    Rule::Delivery,
+                );
                 if r.shipped_ts.is_none() && r.cancelled_ts.is_none() {
                     r.in_backlog = true;
                     self.backlog(&r.dims, t, 1);
@@ -351,7 +423,14 @@ impl Sim<'_> {
                         r.payment_failures += 1;
                         if dev.payment_failed.enabled {
                             let id = format!("payment_failed:{order_id}:{}", r.payment_failures);
-                            self.order_deviation(id, DeviationType::PaymentFailed, dev.payment_failed.severity, order_id, r, ts);
+                            self.order_deviation(
+                                id,
+                                DeviationType::PaymentFailed,
+                                dev.payment_failed.severity,
+                                order_id,
+                                r,
+                                ts,
+                            );
                         }
                     }
                 } else {
@@ -375,8 +454,13 @@ impl Sim<'_> {
                     r.in_backlog = false;
                     self.backlog(&r.dims, t, -1);
                 }
-                let transit = spec.service_levels.for_mode(r.dims.ship_mode.as_deref().unwrap_or_default()).transit.ms();
-                let gap_deadline = ts + (transit as f64 * dev.fulfillment_gap.transit_factor).round() as i64;
+                let transit = spec
+                    .service_levels
+                    .for_mode(r.dims.ship_mode.as_deref().unwrap_or_default())
+                    .transit
+                    .ms();
+                let gap_deadline =
+                    ts + (transit as f64 * dev.fulfillment_gap.transit_factor).round() as i64;
                 self.schedule(r, t, gap_deadline, Rule::Gap);
                 let to_ship = r.created.as_ref().map(|c| ts - c.created_ts);
                 let f = self.fact(FactKind::Shipment, ts, r);
@@ -395,7 +479,14 @@ impl Sim<'_> {
                     r.exceptions += 1;
                     if dev.carrier_exception.enabled {
                         let id = format!("carrier_exception:{order_id}:{}", r.exceptions);
-                        self.order_deviation(id, DeviationType::CarrierException, dev.carrier_exception.severity, order_id, r, ts);
+                        self.order_deviation(
+                            id,
+                            DeviationType::CarrierException,
+                            dev.carrier_exception.severity,
+                            order_id,
+                            r,
+                            ts,
+                        );
                     }
                 }
                 self.fact(FactKind::Exception, ts, r);
@@ -433,28 +524,54 @@ impl Sim<'_> {
                     f.set_flag(FactFlag::Otif, on_time && in_full);
                     if d < o && dev.partial_delivery.enabled {
                         let id = format!("partial_delivery:{order_id}");
-                        self.order_deviation(id, DeviationType::PartialDelivery, dev.partial_delivery.severity, order_id, r, ts);
+                        self.order_deviation(
+                            id,
+                            DeviationType::PartialDelivery,
+                            dev.partial_delivery.severity,
+                            order_id,
+                            r,
+                            ts,
+                        );
                     }
                 }
             }
             EventBody::DeliveryFailed { .. } => {}
-            EventBody::RefundRequested { amount, .. } | EventBody::ReturnRequested { amount, .. } => {
+            EventBody::RefundRequested { amount, .. }
+            | EventBody::ReturnRequested { amount, .. } => {
                 let is_return = matches!(e.body, EventBody::ReturnRequested { .. });
                 let f = self.fact(FactKind::Refund, ts, r);
                 f.set_field(FactField::AmountCents, cents(*amount));
                 f.set_flag(FactFlag::IsReturn, is_return);
                 let rule = &dev.refund_requested;
                 if rule.enabled {
-                    let severity = if *amount >= rule.critical_amount { Severity::Critical } else { rule.severity };
+                    let severity = if *amount >= rule.critical_amount {
+                        Severity::Critical
+                    } else {
+                        rule.severity
+                    };
                     let id = format!("refund_requested:{order_id}:{}", e.event_id);
-                    self.order_deviation(id, DeviationType::RefundRequested, severity, order_id, r, ts);
+                    self.order_deviation(
+                        id,
+                        DeviationType::RefundRequested,
+                        severity,
+                        order_id,
+                        r,
+                        ts,
+                    );
                 }
             }
             EventBody::TicketRaised { .. } => {
                 self.fact(FactKind::Ticket, ts, r);
                 if dev.ticket_raised.enabled {
                     let id = format!("ticket_raised:{order_id}:{}", e.event_id);
-                    self.order_deviation(id, DeviationType::TicketRaised, dev.ticket_raised.severity, order_id, r, ts);
+                    self.order_deviation(
+                        id,
+                        DeviationType::TicketRaised,
+                        dev.ticket_raised.severity,
+                        order_id,
+                        r,
+                        ts,
+                    );
                 }
             }
             EventBody::Cancelled { .. } => {
@@ -482,7 +599,14 @@ impl Sim<'_> {
                 let shipped_in_time = matches!(r.shipped_ts, Some(s) if s <= d);
                 if r.created.is_some() && !shipped_in_time && dev.sla_ship.enabled {
                     let id = format!("sla_ship_breach:{order_id}");
-                    self.order_deviation(id, DeviationType::SlaShipBreach, dev.sla_ship.severity, order_id, r, d);
+                    self.order_deviation(
+                        id,
+                        DeviationType::SlaShipBreach,
+                        dev.sla_ship.severity,
+                        order_id,
+                        r,
+                        d,
+                    );
                 }
             }
             Rule::Delivery | Rule::Gap => {
@@ -492,12 +616,26 @@ impl Sim<'_> {
                 if timer.rule == Rule::Delivery {
                     if dev.sla_delivery.enabled {
                         let id = format!("sla_delivery_breach:{order_id}");
-                        self.order_deviation(id, DeviationType::SlaDeliveryBreach, dev.sla_delivery.severity, order_id, r, d);
+                        self.order_deviation(
+                            id,
+                            DeviationType::SlaDeliveryBreach,
+                            dev.sla_delivery.severity,
+                            order_id,
+                            r,
+                            d,
+                        );
                     }
                 } else {
                     if dev.fulfillment_gap.enabled {
                         let id = format!("fulfillment_gap:{order_id}");
-                        self.order_deviation(id, DeviationType::FulfillmentGap, dev.fulfillment_gap.severity, order_id, r, d);
+                        self.order_deviation(
+                            id,
+                            DeviationType::FulfillmentGap,
+                            dev.fulfillment_gap.severity,
+                            order_id,
+                            r,
+                            d,
+                        );
                     }
                     self.fact(FactKind::Gap, d, r);
                 }
@@ -508,5 +646,9 @@ impl Sim<'_> {
 
 /// (region, ship_mode, warehouse) when all are known.
 pub fn route_of(d: &Dims) -> Option<(String, String, String)> {
-    Some((d.region.as_ref()?.to_string(), d.ship_mode.as_ref()?.to_string(), d.warehouse.as_ref()?.to_string()))
+    Some((
+        d.region.as_ref()?.to_string(),
+        d.ship_mode.as_ref()?.to_string(),
+        d.warehouse.as_ref()?.to_string(),
+    ))
 }

@@ -38,7 +38,8 @@ struct StatsTimeline {
 
 impl StatsTimeline {
     fn new(spec: &PipelineSpec, facts: &[Fact]) -> StatsTimeline {
-        let mut per_tick: HashMap<Route, std::collections::BTreeMap<i64, Vec<&Fact>>> = HashMap::new();
+        let mut per_tick: HashMap<Route, std::collections::BTreeMap<i64, Vec<&Fact>>> =
+            HashMap::new();
         for f in facts {
             let relevant = match f.kind {
                 FactKind::Delivery => f.flag(FactFlag::HasPromise),
@@ -46,7 +47,12 @@ impl StatsTimeline {
                 _ => false,
             };
             if let (true, Some(route)) = (relevant, route_of(&f.dims)) {
-                per_tick.entry(route).or_default().entry(tick_of(spec, f.ts)).or_default().push(f);
+                per_tick
+                    .entry(route)
+                    .or_default()
+                    .entry(tick_of(spec, f.ts))
+                    .or_default()
+                    .push(f);
             }
         }
         let mut by_route = HashMap::new();
@@ -56,8 +62,12 @@ impl StatsTimeline {
             for (tick, fs) in ticks {
                 for f in fs {
                     match f.kind {
-                        FactKind::Delivery => acc.add_delivery(f.flag(FactFlag::Late), f.field(FactField::TransitMs)),
-                        _ => acc.add_shipment(f.field(FactField::OrderToShipMs).expect("selected above")),
+                        FactKind::Delivery => {
+                            acc.add_delivery(f.flag(FactFlag::Late), f.field(FactField::TransitMs))
+                        }
+                        _ => acc.add_shipment(
+                            f.field(FactField::OrderToShipMs).expect("selected above"),
+                        ),
                     }
                 }
                 line.push((tick, acc));
@@ -69,7 +79,9 @@ impl StatsTimeline {
 
     /// Statistics of the facts of ticks `< t`.
     fn before(&self, route: &Route, t: i64) -> RouteStats {
-        let Some(line) = self.by_route.get(route) else { return RouteStats::default() };
+        let Some(line) = self.by_route.get(route) else {
+            return RouteStats::default();
+        };
         let n = line.partition_point(|(tick, _)| *tick < t);
         if n == 0 {
             RouteStats::default()
@@ -96,9 +108,16 @@ impl Replay<'_> {
         let snap = u.snapshot.as_ref().expect("open records are created");
         let route = u.route.as_ref().expect("created records have a route");
         let stats = self.stats.before(route, t);
-        let p = ppm(score(snap, &stats, now, u.ship_within_ms, u.transit_ms, spec));
+        let p = ppm(score(
+            snap,
+            &stats,
+            now,
+            u.ship_within_ms,
+            u.transit_ms,
+            spec,
+        ));
         self.out.scores.push((self.track.order_id.clone(), now, p));
-        let mut f = Fact::new(FactKind::Risk, now, u.dims.clone());
+        let mut f = Fact::new(FactKind::Risk, now, u.dims.clone().into());
         f.set_field(FactField::RiskPpm, p);
         self.out.risk_facts.push(f);
         // Bands are predictions: none once the promise has passed.
@@ -114,16 +133,40 @@ impl Replay<'_> {
                 self.band = reached;
                 let rule = &spec.deviations.predicted_delay;
                 if rule.enabled {
-                    let (name, severity) = if reached == 2 { ("critical", Severity::Critical) } else { ("warning", Severity::Warning) };
+                    let (name, severity) = if reached == 2 {
+                        ("critical", Severity::Critical)
+                    } else {
+                        ("warning", Severity::Warning)
+                    };
                     let id = format!("predicted_delay:{}:{name}", self.track.order_id);
-                    self.out.deviations.push(deviation(id, DeviationType::PredictedDelay, severity, Some(&self.track.order_id), dims_map(&u.dims), now));
+                    self.out.deviations.push(deviation(
+                        id,
+                        DeviationType::PredictedDelay,
+                        severity,
+                        Some(&self.track.order_id),
+                        dims_map(&u.dims),
+                        now,
+                    ));
                 }
             }
         }
         self.pending = None;
         if self.band < 2 {
-            let next = ppm(if self.band == 0 { spec.risk.warn } else { spec.risk.critical });
-            self.pending = crossing_time(snap, &stats, now, u.ship_within_ms, u.transit_ms, spec, next).filter(|&c| c > now);
+            let next = ppm(if self.band == 0 {
+                spec.risk.warn
+            } else {
+                spec.risk.critical
+            });
+            self.pending = crossing_time(
+                snap,
+                &stats,
+                now,
+                u.ship_within_ms,
+                u.transit_ms,
+                spec,
+                next,
+            )
+            .filter(|&c| c > now);
         }
     }
 
@@ -162,9 +205,21 @@ impl Replay<'_> {
 
 pub fn score_all(spec: &PipelineSpec, facts: &[Fact], tracks: &[RiskTrack]) -> Scored {
     let stats = StatsTimeline::new(spec, facts);
-    let mut out = Scored { scores: Vec::new(), risk_facts: Vec::new(), deviations: Vec::new() };
+    let mut out = Scored {
+        scores: Vec::new(),
+        risk_facts: Vec::new(),
+        deviations: Vec::new(),
+    };
     for track in tracks {
-        Replay { spec, stats: &stats, track, band: 0, pending: None, out: &mut out }.run();
+        Replay {
+            spec,
+            stats: &stats,
+            track,
+            band: 0,
+            pending: None,
+            out: &mut out,
+        }
+        .run();
     }
     out.scores.sort();
     out

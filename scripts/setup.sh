@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the project needs, idempotently: Debian packages, the Rust toolchain check,
+# the Superstore dataset, and a release build of the binary. Safe to run any number of times.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$REPO_ROOT"
+
+# Debian packages (only those missing are installed).
+APT_PACKAGES=(build-essential pkg-config ca-certificates nodejs npm)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# node/npm may come from elsewhere on the image; only require the commands.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+read -r -a missing <<< "${missing[*]:-}"
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  echo "setup: Debian packages present"
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust with rustup first" >&2; exit 1; }
+
+scripts/fetch_dataset.sh
+
+echo "setup: building (target dir $CARGO_TARGET_DIR)"
+cargo build --release --locked --quiet
+echo "setup: done"
