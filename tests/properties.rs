@@ -14,11 +14,11 @@ mod oracle;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use proptest::test_runner::{Config as ProptestConfig, RngSeed, TestRunner};
 
 use common::{
-    assert_same, created, event, kpis_mut, run_dataflow, set, set_min_count, spec_with, yaml, Ev,
-    OrderData, Outcome,
+    created, difference_report, event, kpis_mut, run_dataflow, set, set_min_count, spec_with, yaml,
+    Ev, OrderData, Outcome,
 };
 use fulfillment_ai::config::PipelineSpec;
 use fulfillment_ai::model::DeviationType;
@@ -138,7 +138,7 @@ fn gap() -> impl Strategy<Value = Gap> {
         3 => (1i64..600).prop_map(Gap::Minutes),
         8 => (1i64..72).prop_map(Gap::Hours),
         1 => Just(Gap::AtShipDeadline),
-        1 => Just(Gap::AfterRetention),
+        2 => Just(Gap::AfterRetention),
     ]
 }
 
@@ -413,7 +413,7 @@ fn arrange(spec: &PipelineSpec, c: &Case) -> MemoryPartitions {
             seq += 1;
         }
     }
-    placed.sort_by(|x, y| (x.0, x.1, x.2).cmp(&(y.0, y.1, y.2)));
+    placed.sort_by_key(|x| (x.0, x.1, x.2));
     let mut parts: Vec<Vec<String>> = vec![Vec::new(); c.partitions as usize];
     for (p, _, _, line) in placed {
         parts[p as usize].push(line);
@@ -421,11 +421,14 @@ fn arrange(spec: &PipelineSpec, c: &Case) -> MemoryPartitions {
     MemoryPartitions::new("property case", parts)
 }
 
+/// 64 cases from a fixed seed, so a run is reproducible; `PROPTEST_RNG_SEED` and `PROPTEST_CASES`
+/// override both to explore further.
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 32,
-        max_shrink_iters: 200,
+        cases: 64,
+        max_shrink_iters: 400,
         failure_persistence: None,
+        rng_seed: RngSeed::Fixed(20_231_115),
         ..ProptestConfig::default()
     }
 }
@@ -440,7 +443,10 @@ proptest! {
         let oracle = Outcome::from_oracle(&oracle::recompute(&spec, &input));
         for workers in [1, 2] {
             let df = run_dataflow(&spec, &input, workers, true);
-            assert_same(&oracle, &df, true, &format!("property case ({} partitions, {} spec)", c.partitions, if c.coarse_spec { "coarse" } else { "fine" }));
+            let context = format!("property case ({} partitions, {} spec)", c.partitions, if c.coarse_spec { "coarse" } else { "fine" });
+            // A failed comparison is reported by proptest (with the shrunk case), not as a panic.
+            let report = difference_report(&oracle, &df, true, &context);
+            prop_assert!(report.is_none(), "{}", report.unwrap_or_default());
         }
     }
 }

@@ -5,6 +5,7 @@
 //! The spec is the shipped one with its numbers pinned (`common::pinned_spec`: Standard Class ships
 //! within 6d with 5d transit, Second Class 4d/3d, grace 2h, ...), `min_count: 1` (so single facts
 //! are rated) and `idle_open: 20d` (shorter tails). `T0` is a day boundary; ticks are 1 minute.
+//! Event ids are `{order}-{suffix}`.
 
 mod common;
 mod oracle;
@@ -13,11 +14,11 @@ use common::{
     assert_same, created, event, in_ts_order, pinned_spec, run_dataflow, set, set_min_count, yaml,
     Ev, OrderData, Outcome,
 };
-use fulfillment_ai::config::pipeline::Severity;
+use fulfillment_ai::config::pipeline::Severity as S;
 use fulfillment_ai::config::PipelineSpec;
 use fulfillment_ai::dataflow::risk_model::{score, RiskSnapshot, RouteStats};
 use fulfillment_ai::model::facts::ppm;
-use fulfillment_ai::model::{DeviationType, KpiStatus};
+use fulfillment_ai::model::{DeviationType as D, KpiStatus as K};
 use fulfillment_ai::sources::memory::MemoryPartitions;
 
 const MIN: i64 = 60_000;
@@ -34,8 +35,8 @@ fn spec() -> PipelineSpec {
 }
 
 /// Runs the assertions on the oracle and on the dataflow with 1 and 2 workers, then compares the
-/// dataflow with the oracle in full. Returns the oracle's outcome.
-fn check(input: &MemoryPartitions, assertions: impl Fn(&Outcome)) -> Outcome {
+/// dataflow with the oracle in full.
+fn check(input: &MemoryPartitions, assertions: impl Fn(&Outcome)) {
     let spec = spec();
     let oracle = Outcome::from_oracle(&oracle::recompute(&spec, input));
     assertions(&oracle);
@@ -44,59 +45,164 @@ fn check(input: &MemoryPartitions, assertions: impl Fn(&Outcome)) -> Outcome {
         assertions(&df);
         assert_same(&oracle, &df, true, "rule test");
     }
-    oracle
 }
 
 fn one_partition(evs: Vec<Ev>) -> MemoryPartitions {
     MemoryPartitions::new("rules", [in_ts_order(evs)])
 }
 
-fn key(kpi: &str, dims: &str, start: i64) -> String {
-    format!("{kpi}|{dims}|{start}")
+/// `order_created` with id `{order}-c`.
+fn new_order(order: &str, ts: i64, promised: i64, d: &OrderData) -> Ev {
+    created(&format!("{order}-c"), order, ts, promised, d)
 }
 
-fn assert_kpi(
-    o: &Outcome,
-    key: &str,
-    value: Option<f64>,
-    numerator: i64,
-    denominator: i64,
-    status: KpiStatus,
-) {
-    let k = o.kpi(key);
-    let value_ok = match (k.value, value) {
-        (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
-        (a, b) => a == b,
-    };
-    assert!(
-        value_ok && (k.numerator, k.denominator, k.status) == (numerator, denominator, status),
-        "{}: {key}: got value {:?} num {} den {} status {:?}, want {value:?} {numerator} {denominator} {status:?}",
-        o.label,
-        k.value,
-        k.numerator,
-        k.denominator,
-        k.status
-    );
-    assert!(k.is_final, "{}: {key} is not final", o.label);
-    assert_eq!(
-        k.window_end - k.window_start,
-        if k.kpi == "on_time_rate_7d" {
-            7 * DAY
-        } else {
-            DAY
-        }
-    );
+/// An event with id `{order}-{suffix}`.
+fn ev(order: &str, suffix: &str, kind: &str, ts: i64, extra: &str) -> Ev {
+    event(&format!("{order}-{suffix}"), order, kind, ts, extra)
 }
+
+const UPS: &str = r#","carrier":"UPS""#;
 
 fn west() -> OrderData {
     OrderData::default()
 }
 
-fn east() -> OrderData {
+fn in_region(region: &str) -> OrderData {
     OrderData {
-        region: "East".into(),
-        ..OrderData::default()
+        region: region.into(),
+        ..west()
     }
+}
+
+fn at_warehouse(warehouse: &str) -> OrderData {
+    OrderData {
+        warehouse: warehouse.into(),
+        ..west()
+    }
+}
+
+/// An offset like `3d12h`, `-2h`, `30s` or `0`, in ms.
+fn offset(text: &str) -> i64 {
+    let (sign, mut rest) = match text.trim().strip_prefix('-') {
+        Some(r) => (-1, r),
+        None => (1, text.trim()),
+    };
+    let mut total = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let n: i64 = rest[..digits].parse().unwrap_or_else(|_| panic!("bad offset `{text}`"));
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        total += n * match &rest[..unit] {
+            "d" => DAY,
+            "h" => HOUR,
+            "m" => MIN,
+            "s" => 1000,
+            "" | "ms" => 1,
+            other => panic!("bad unit `{other}` in `{text}`"),
+        };
+        rest = &rest[unit..];
+    }
+    sign * total
+}
+
+/// `@3d` in a deviation id or KPI key stands for the epoch ms of `T0 + 3d`.
+fn expand(text: &str) -> String {
+    let mut out = String::new();
+    let mut parts = text.split('@');
+    out.push_str(parts.next().unwrap_or_default());
+    for part in parts {
+        let end = part.find([':', ',', '|']).unwrap_or(part.len());
+        out.push_str(&(T0 + offset(&part[..end])).to_string());
+        out.push_str(&part[end..]);
+    }
+    out
+}
+
+/// The rows of a `|`-separated table, cells trimmed; blank lines skipped.
+fn rows(table: &str) -> Vec<Vec<&str>> {
+    let lines = table.lines().filter(|l| !l.trim().is_empty());
+    lines.map(|l| l.split('|').map(str::trim).collect()).collect()
+}
+
+/// Expected final KPI records, one per row: `kpi | dims | window start (offset from T0) | value
+/// (- for none) | numerator | denominator | status`. Numerators in ms may be written as offsets
+/// (`-2h`).
+fn assert_kpis(o: &Outcome, table: &str) {
+    for row in rows(table) {
+        let [kpi, dims, start, value, numerator, denominator, status] = row[..] else {
+            panic!("bad KPI row {row:?}")
+        };
+        let key = format!("{kpi}|{dims}|{}", T0 + offset(start));
+        let value: Option<f64> = (value != "-").then(|| value.parse().expect("value"));
+        let numerator = numerator.parse().unwrap_or_else(|_| offset(numerator));
+        let denominator: i64 = denominator.parse().expect("denominator");
+        let status = match status {
+            "ok" => K::Ok,
+            "warn" => K::Warn,
+            "critical" => K::Critical,
+            "unrated" => K::Unrated,
+            other => panic!("bad status {other}"),
+        };
+        let k = o.kpi(&key);
+        let value_ok = match (k.value, value) {
+            (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+            (a, b) => a == b,
+        };
+        let got = (k.numerator, k.denominator, k.status);
+        let want = (numerator, denominator, status);
+        assert!(
+            value_ok && got == want,
+            "{}: {key}: got value {:?} {got:?}, want {value:?} {want:?}",
+            o.label,
+            k.value
+        );
+        let size = if kpi == "on_time_rate_7d" { 7 * DAY } else { DAY };
+        assert!(k.is_final && k.window_end - k.window_start == size, "{}: {key}", o.label);
+    }
+}
+
+/// Deviations that fired exactly once, one per row: `id (with @offsets) | severity | event time
+/// (offset from T0)`. The kind is the id's prefix.
+fn assert_deviations(o: &Outcome, table: &str) {
+    for row in rows(table) {
+        let [id, severity, at] = row[..] else { panic!("bad deviation row {row:?}") };
+        let id = expand(id);
+        let prefix = id.split(':').next().unwrap_or_default();
+        let kind = ALL_KINDS.iter().copied().find(|k| k.as_str() == prefix).expect("known kind");
+        let severity = match severity {
+            "info" => S::Info,
+            "warning" => S::Warning,
+            "critical" => S::Critical,
+            other => panic!("bad severity {other}"),
+        };
+        o.assert_deviation(&id, kind, severity, T0 + offset(at));
+    }
+}
+
+const ALL_KINDS: [D; 11] = [
+    D::SlaShipBreach,
+    D::SlaDeliveryBreach,
+    D::FulfillmentGap,
+    D::PaymentFailed,
+    D::CarrierException,
+    D::PartialDelivery,
+    D::RefundRequested,
+    D::TicketRaised,
+    D::PredictedDelay,
+    D::KpiThresholdBreach,
+    D::KpiAnomaly,
+];
+
+fn ids_of(o: &Outcome, kinds: &[D]) -> Vec<String> {
+    let mut ids: Vec<String> = o
+        .deviations
+        .iter()
+        .filter(|d| kinds.contains(&d.kind))
+        .map(|d| d.id.clone())
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// Five deliveries on day 3 around the promise `T0 + 3d 12h`: -2h, -1h (1 of 2 units), 0, +1h,
@@ -105,174 +211,186 @@ fn east() -> OrderData {
 fn delivery_kpis_on_time_late_delay_p95_otif() {
     let promised = T0 + 3 * DAY + 12 * HOUR;
     let mut evs = Vec::new();
-    for (i, delay_h, qty, d) in [
-        (1, -2, 2, west()),
-        (2, -1, 1, west()),
-        (3, 0, 2, west()),
-        (4, 1, 2, west()),
-        (5, 3, 2, east()),
-    ] {
-        let o = format!("o{i}");
-        evs.push(created(&format!("{o}-c"), &o, T0 + HOUR, promised, &d));
-        evs.push(event(
-            &format!("{o}-s"),
-            &o,
+    for (o, delay_h, qty, region) in [
+        ("o1", -2, 2, "West"),
+        ("o2", -1, 1, "West"),
+        ("o3", 0, 2, "West"),
+        ("o4", 1, 2, "West"),
+    ]
+    .into_iter()
+    .chain([("o5", 3, 2, "East")])
+    {
+        evs.push(new_order(o, T0 + HOUR, promised, &in_region(region)));
+        evs.push(ev(
+            o,
+            "s",
             "shipped",
             T0 + DAY,
             r#","carrier":"UPS","qty":2"#,
         ));
-        evs.push(event(
-            &format!("{o}-d"),
-            &o,
+        let delivered = promised + delay_h * HOUR;
+        evs.push(ev(
+            o,
+            "d",
             "delivered",
-            promised + delay_h * HOUR,
+            delivered,
             &format!(r#","qty":{qty}"#),
         ));
     }
     let day3 = T0 + 3 * DAY;
     check(&one_partition(evs), |o| {
-        use KpiStatus::*;
-        assert_kpi(o, &key("on_time_rate", "", day3), Some(0.6), 3, 5, Critical);
-        assert_kpi(
+        assert_kpis(
             o,
-            &key("on_time_rate", "region=West", day3),
-            Some(0.75),
-            3,
-            4,
-            Critical,
+            &[
+                ("on_time_rate", "", day3, Some(0.6), 3, 5, K::Critical),
+                (
+                    "on_time_rate",
+                    "region=West",
+                    day3,
+                    Some(0.75),
+                    3,
+                    4,
+                    K::Critical,
+                ),
+                (
+                    "on_time_rate",
+                    "region=East",
+                    day3,
+                    Some(0.0),
+                    0,
+                    1,
+                    K::Critical,
+                ),
+                (
+                    "on_time_rate",
+                    "carrier=UPS",
+                    day3,
+                    Some(0.6),
+                    3,
+                    5,
+                    K::Critical,
+                ),
+                ("late_deliveries", "", day3, Some(2.0), 2, 2, K::Unrated),
+                (
+                    "late_deliveries",
+                    "region=West",
+                    day3,
+                    Some(1.0),
+                    1,
+                    1,
+                    K::Unrated,
+                ),
+                (
+                    "avg_delivery_delay_hours",
+                    "",
+                    day3,
+                    Some(0.2),
+                    HOUR,
+                    5,
+                    K::Unrated,
+                ),
+                (
+                    "avg_delivery_delay_hours",
+                    "region=West",
+                    day3,
+                    Some(-0.5),
+                    -2 * HOUR,
+                    4,
+                    K::Unrated,
+                ),
+                (
+                    "p95_delivery_delay_hours",
+                    "",
+                    day3,
+                    Some(3.0),
+                    3 * HOUR,
+                    5,
+                    K::Unrated,
+                ),
+                (
+                    "p95_delivery_delay_hours",
+                    "region=West",
+                    day3,
+                    Some(1.0),
+                    HOUR,
+                    4,
+                    K::Unrated,
+                ),
+                ("otif_rate", "", day3, Some(0.4), 2, 5, K::Unrated),
+                // (3d 11h + delay) per order: 83 h + 0.2 h on average.
+                (
+                    "order_to_delivery_hours",
+                    "",
+                    day3,
+                    Some(83.2),
+                    415 * HOUR + HOUR,
+                    5,
+                    K::Unrated,
+                ),
+                (
+                    "order_to_ship_hours",
+                    "",
+                    T0 + DAY,
+                    Some(23.0),
+                    5 * 23 * HOUR,
+                    5,
+                    K::Ok,
+                ),
+                ("refund_rate", "", day3, Some(0.0), 0, 5, K::Unrated),
+                (
+                    "order_value",
+                    "region=West",
+                    T0,
+                    Some(400.0),
+                    40_000,
+                    4,
+                    K::Unrated,
+                ),
+            ],
         );
-        assert_kpi(
-            o,
-            &key("on_time_rate", "region=East", day3),
-            Some(0.0),
-            0,
-            1,
-            Critical,
-        );
-        assert_kpi(
-            o,
-            &key("on_time_rate", "carrier=UPS", day3),
-            Some(0.6),
-            3,
-            5,
-            Critical,
-        );
-        assert_kpi(
-            o,
-            &key("late_deliveries", "", day3),
-            Some(2.0),
-            2,
-            2,
-            Unrated,
-        );
-        assert_kpi(
-            o,
-            &key("late_deliveries", "region=West", day3),
-            Some(1.0),
-            1,
-            1,
-            Unrated,
-        );
-        assert_kpi(
-            o,
-            &key("avg_delivery_delay_hours", "", day3),
-            Some(0.2),
-            HOUR,
-            5,
-            Unrated,
-        );
-        assert_kpi(
-            o,
-            &key("avg_delivery_delay_hours", "region=West", day3),
-            Some(-0.5),
-            -2 * HOUR,
-            4,
-            Unrated,
-        );
-        assert_kpi(
-            o,
-            &key("p95_delivery_delay_hours", "", day3),
-            Some(3.0),
-            3 * HOUR,
-            5,
-            Unrated,
-        );
-        assert_kpi(
-            o,
-            &key("p95_delivery_delay_hours", "region=West", day3),
-            Some(1.0),
-            HOUR,
-            4,
-            Unrated,
-        );
-        assert_kpi(o, &key("otif_rate", "", day3), Some(0.4), 2, 5, Unrated);
-        // (3d 11h + delay) per order: 83 h + 0.2 h on average.
-        assert_kpi(
-            o,
-            &key("order_to_delivery_hours", "", day3),
-            Some(83.2),
-            5 * (83 * HOUR) + HOUR,
-            5,
-            Unrated,
-        );
-        assert_kpi(
-            o,
-            &key("order_to_ship_hours", "", T0 + DAY),
-            Some(23.0),
-            5 * 23 * HOUR,
-            5,
-            Ok,
-        );
-        assert_kpi(o, &key("refund_rate", "", day3), Some(0.0), 0, 5, Unrated);
-        assert_kpi(
-            o,
-            &key("order_value", "region=West", T0),
-            Some(400.0),
-            40_000,
-            4,
-            Unrated,
-        );
-        assert!(!o.has_kpi(&key("late_deliveries", "region=West", T0 + 2 * DAY)));
+        assert!(!o.has_kpi(&format!("late_deliveries|region=West|{}", T0 + 2 * DAY)));
         // Exactly one late delivery is past the 2 h grace; one was partial.
         assert_eq!(
-            o.deviations_of(DeviationType::SlaDeliveryBreach).len(),
-            1,
+            ids_of(o, &[D::SlaDeliveryBreach]),
+            ["sla_delivery_breach:o5"],
             "{}",
             o.label
-        );
-        o.assert_deviation(
-            "sla_delivery_breach:o5",
-            DeviationType::SlaDeliveryBreach,
-            Severity::Critical,
-            promised + 2 * HOUR,
         );
         assert_eq!(
-            o.deviations_of(DeviationType::PartialDelivery).len(),
-            1,
+            ids_of(o, &[D::PartialDelivery]),
+            ["partial_delivery:o2"],
             "{}",
             o.label
         );
-        o.assert_deviation(
-            "partial_delivery:o2",
-            DeviationType::PartialDelivery,
-            Severity::Warning,
-            promised - HOUR,
-        );
-        o.assert_deviation(
-            &format!("kpi_threshold_breach:on_time_rate::{day3}"),
-            DeviationType::KpiThresholdBreach,
-            Severity::Critical,
-            day3 + DAY,
-        );
-        o.assert_deviation(
-            &format!("kpi_threshold_breach:on_time_rate:region=East:{day3}"),
-            DeviationType::KpiThresholdBreach,
-            Severity::Critical,
-            day3 + DAY,
-        );
         assert!(
-            o.deviations_of(DeviationType::SlaShipBreach).is_empty()
-                && o.deviations_of(DeviationType::FulfillmentGap).is_empty()
+            ids_of(o, &[D::SlaShipBreach, D::FulfillmentGap]).is_empty(),
+            "{}",
+            o.label
+        );
+        let breach = |dims: &str| format!("kpi_threshold_breach:on_time_rate:{dims}:{day3}");
+        assert_deviations(
+            o,
+            &[
+                (
+                    "sla_delivery_breach:o5",
+                    D::SlaDeliveryBreach,
+                    S::Critical,
+                    promised + 2 * HOUR,
+                ),
+                (
+                    "partial_delivery:o2",
+                    D::PartialDelivery,
+                    S::Warning,
+                    promised - HOUR,
+                ),
+                (&breach(""), D::KpiThresholdBreach, S::Critical, day3 + DAY),
+                (
+                    &breach("region=East"),
+                    D::KpiThresholdBreach,
+                    S::Critical,
+                    day3 + DAY,
+                ),
+            ],
         );
     });
 }
@@ -283,51 +401,33 @@ fn sla_breaches_and_fulfillment_gap() {
     let c = T0 + HOUR;
     let second = OrderData {
         ship_mode: "Second Class".into(),
-        warehouse: "WH-B".into(),
-        ..west()
+        ..at_warehouse("WH-B")
     };
     let evs = vec![
-        // Never ships: ship-by at c + 6d (Standard Class), delivery deadline at promise + 2h.
-        created("a-c", "a", c, T0 + 8 * DAY, &west()),
-        // Ships 30 s after its ship-by deadline, in the deadline's own tick: still a breach.
-        created("b-c", "b", c, T0 + 9 * DAY, &west()),
-        event(
-            "b-s",
-            "b",
-            "shipped",
-            c + 6 * DAY + 30_000,
-            r#","carrier":"UPS""#,
-        ),
-        event("b-d", "b", "delivered", T0 + 8 * DAY, ""),
-        // Ships exactly at its ship-by deadline and delivers exactly at promise + grace: no breach.
-        created("c-c", "c", c, T0 + 9 * DAY, &west()),
-        event("c-s", "c", "shipped", c + 6 * DAY, r#","carrier":"UPS""#),
-        event("c-d", "c", "delivered", T0 + 9 * DAY + 2 * HOUR, ""),
-        // Second Class, shipped on day 1, never delivered: gap at ship + 3d x 1.5.
-        created("g-c", "g", c, T0 + 10 * DAY, &second),
-        event("g-s", "g", "shipped", T0 + DAY, r#","carrier":"FedEx""#),
-        // Cancelled before any deadline: nothing fires.
-        created("x-c", "x", c, T0 + 8 * DAY, &west()),
-        event("x-x", "x", "cancelled", T0 + 2 * DAY, ""),
+        // a: never ships: ship-by at c + 6d (Standard Class), delivery deadline at promise + 2h.
+        new_order("a", c, T0 + 8 * DAY, &west()),
+        // b: ships 30 s after its ship-by deadline, in the deadline's own tick: still a breach.
+        new_order("b", c, T0 + 9 * DAY, &west()),
+        ev("b", "s", "shipped", c + 6 * DAY + 30_000, UPS),
+        ev("b", "d", "delivered", T0 + 8 * DAY, ""),
+        // c: ships exactly at its ship-by deadline, delivers exactly at promise + grace: no breach.
+        new_order("c", c, T0 + 9 * DAY, &west()),
+        ev("c", "s", "shipped", c + 6 * DAY, UPS),
+        ev("c", "d", "delivered", T0 + 9 * DAY + 2 * HOUR, ""),
+        // g: Second Class, shipped on day 1, never delivered: gap at ship + 3d x 1.5.
+        new_order("g", c, T0 + 10 * DAY, &second),
+        ev("g", "s", "shipped", T0 + DAY, r#","carrier":"FedEx""#),
+        // x: cancelled before any deadline: nothing fires.
+        new_order("x", c, T0 + 8 * DAY, &west()),
+        ev("x", "x", "cancelled", T0 + 2 * DAY, ""),
     ];
     let gap_at = T0 + DAY + 4 * DAY + 12 * HOUR;
     check(&one_partition(evs), |o| {
-        let mut ids: Vec<&str> = o
-            .deviations
-            .iter()
-            .filter(|d| {
-                matches!(
-                    d.kind,
-                    DeviationType::SlaShipBreach
-                        | DeviationType::SlaDeliveryBreach
-                        | DeviationType::FulfillmentGap
-                )
-            })
-            .map(|d| d.id.as_str())
-            .collect();
-        ids.sort();
         assert_eq!(
-            ids,
+            ids_of(
+                o,
+                &[D::SlaShipBreach, D::SlaDeliveryBreach, D::FulfillmentGap]
+            ),
             [
                 "fulfillment_gap:g",
                 "sla_delivery_breach:a",
@@ -338,125 +438,137 @@ fn sla_breaches_and_fulfillment_gap() {
             "{}",
             o.label
         );
-        o.assert_deviation(
-            "sla_ship_breach:a",
-            DeviationType::SlaShipBreach,
-            Severity::Warning,
-            c + 6 * DAY,
-        );
-        o.assert_deviation(
-            "sla_ship_breach:b",
-            DeviationType::SlaShipBreach,
-            Severity::Warning,
-            c + 6 * DAY,
-        );
-        o.assert_deviation(
-            "sla_delivery_breach:a",
-            DeviationType::SlaDeliveryBreach,
-            Severity::Critical,
-            T0 + 8 * DAY + 2 * HOUR,
-        );
-        o.assert_deviation(
-            "fulfillment_gap:g",
-            DeviationType::FulfillmentGap,
-            Severity::Warning,
-            gap_at,
+        assert_deviations(
+            o,
+            &[
+                (
+                    "sla_ship_breach:a",
+                    D::SlaShipBreach,
+                    S::Warning,
+                    c + 6 * DAY,
+                ),
+                (
+                    "sla_ship_breach:b",
+                    D::SlaShipBreach,
+                    S::Warning,
+                    c + 6 * DAY,
+                ),
+                (
+                    "sla_delivery_breach:a",
+                    D::SlaDeliveryBreach,
+                    S::Critical,
+                    T0 + 8 * DAY + 2 * HOUR,
+                ),
+                (
+                    "sla_delivery_breach:g",
+                    D::SlaDeliveryBreach,
+                    S::Critical,
+                    T0 + 10 * DAY + 2 * HOUR,
+                ),
+                ("fulfillment_gap:g", D::FulfillmentGap, S::Warning, gap_at),
+            ],
         );
         assert_eq!(
             o.deviation("fulfillment_gap:g").order_id.as_deref(),
             Some("g")
         );
         let gap_day = T0 + 5 * DAY;
-        assert_kpi(
+        assert_kpis(
             o,
-            &key("fulfillment_gaps", "", gap_day),
-            Some(1.0),
-            1,
-            1,
-            KpiStatus::Unrated,
+            &[
+                ("fulfillment_gaps", "", gap_day, Some(1.0), 1, 1, K::Unrated),
+                (
+                    "fulfillment_gaps",
+                    "carrier=FedEx",
+                    gap_day,
+                    Some(1.0),
+                    1,
+                    1,
+                    K::Unrated,
+                ),
+                (
+                    "fulfillment_gaps",
+                    "region=West",
+                    gap_day,
+                    Some(1.0),
+                    1,
+                    1,
+                    K::Unrated,
+                ),
+            ],
         );
-        assert_kpi(
-            o,
-            &key("fulfillment_gaps", "carrier=FedEx", gap_day),
-            Some(1.0),
-            1,
-            1,
-            KpiStatus::Unrated,
-        );
-        assert_eq!(
-            o.final_kpis
-                .iter()
-                .filter(|k| k.kpi == "fulfillment_gaps")
-                .count(),
-            3,
-            "{}",
-            o.label
-        );
+        let gaps = o
+            .final_kpis
+            .iter()
+            .filter(|k| k.kpi == "fulfillment_gaps")
+            .count();
+        assert_eq!(gaps, 3, "{}", o.label);
     });
 }
 
 #[test]
 fn payment_failed_fires_again_only_after_resolution() {
+    let declined = r#","reason":"card declined""#;
     let evs = vec![
-        created("p-c", "p", T0 + HOUR, T0 + 8 * DAY, &west()),
-        event(
-            "p-f1",
+        new_order("p", T0 + HOUR, T0 + 8 * DAY, &west()),
+        ev("p", "f1", "payment_failed", T0 + 2 * HOUR, declined),
+        ev("p", "f2", "payment_failed", T0 + 3 * HOUR, declined),
+        ev("p", "a", "payment_authorized", T0 + 4 * HOUR, ""),
+        ev(
             "p",
-            "payment_failed",
-            T0 + 2 * HOUR,
-            r#","reason":"card declined""#,
-        ),
-        event(
-            "p-f2",
-            "p",
-            "payment_failed",
-            T0 + 3 * HOUR,
-            r#","reason":"card declined""#,
-        ),
-        event("p-a", "p", "payment_authorized", T0 + 4 * HOUR, ""),
-        event(
-            "p-f3",
-            "p",
+            "f3",
             "payment_failed",
             T0 + 5 * HOUR,
             r#","reason":"insufficient funds""#,
         ),
     ];
     check(&one_partition(evs), |o| {
+        let ids = ids_of(o, &[D::PaymentFailed]);
         assert_eq!(
-            o.deviations_of(DeviationType::PaymentFailed).len(),
-            2,
-            "{}: {:?}",
-            o.label,
-            o.deviation_ids()
+            ids,
+            ["payment_failed:p:1", "payment_failed:p:2"],
+            "{}",
+            o.label
         );
-        o.assert_deviation(
-            "payment_failed:p:1",
-            DeviationType::PaymentFailed,
-            Severity::Warning,
-            T0 + 2 * HOUR,
-        );
-        o.assert_deviation(
-            "payment_failed:p:2",
-            DeviationType::PaymentFailed,
-            Severity::Warning,
-            T0 + 5 * HOUR,
-        );
-        assert_kpi(
+        assert_deviations(
             o,
-            &key("payment_failure_rate", "", T0),
-            Some(0.75),
-            3,
-            4,
-            KpiStatus::Critical,
+            &[
+                (
+                    "payment_failed:p:1",
+                    D::PaymentFailed,
+                    S::Warning,
+                    T0 + 2 * HOUR,
+                ),
+                (
+                    "payment_failed:p:2",
+                    D::PaymentFailed,
+                    S::Warning,
+                    T0 + 5 * HOUR,
+                ),
+            ],
         );
-        assert_kpi(
+        assert_kpis(
             o,
-            &key("payment_failure_rate", "segment=Consumer", T0),
-            Some(0.75),
-            3,
-            4,
-            KpiStatus::Critical,
+            &[
+                (
+                    "payment_failure_rate",
+                    "",
+                    T0,
+                    Some(0.75),
+                    3,
+                    4,
+                    K::Critical,
+                ),
+                (
+                    "payment_failure_rate",
+                    "segment=Consumer",
+                    T0,
+                    Some(0.75),
+                    3,
+                    4,
+                    K::Critical,
+                ),
+            ],
         );
     });
 }
@@ -465,66 +577,79 @@ fn payment_failed_fires_again_only_after_resolution() {
 fn carrier_exception_fires_again_only_after_resolution() {
     let s = T0 + DAY;
     let evs = vec![
-        created("e-c", "e", T0 + HOUR, T0 + 8 * DAY, &west()),
-        event("e-s", "e", "shipped", s, r#","carrier":"UPS""#),
-        event(
-            "e-x1",
+        new_order("e", T0 + HOUR, T0 + 8 * DAY, &west()),
+        ev("e", "s", "shipped", s, UPS),
+        ev(
             "e",
+            "x1",
             "carrier_exception",
             s + 2 * HOUR,
             r#","reason":"weather""#,
         ),
-        event(
-            "e-x2",
+        ev(
             "e",
+            "x2",
             "carrier_exception",
             s + 3 * HOUR,
             r#","reason":"weather""#,
         ),
-        event("e-k", "e", "carrier_checkpoint", s + 4 * HOUR, ""),
-        event(
-            "e-x3",
+        ev("e", "k", "carrier_checkpoint", s + 4 * HOUR, ""),
+        ev(
             "e",
+            "x3",
             "carrier_exception",
             s + DAY,
             r#","reason":"hub""#,
         ),
-        event("e-d", "e", "delivered", s + 2 * DAY, ""),
+        ev("e", "d", "delivered", s + 2 * DAY, ""),
     ];
     check(&one_partition(evs), |o| {
+        let ids = ids_of(o, &[D::CarrierException]);
         assert_eq!(
-            o.deviations_of(DeviationType::CarrierException).len(),
-            2,
+            ids,
+            ["carrier_exception:e:1", "carrier_exception:e:2"],
             "{}",
             o.label
         );
-        o.assert_deviation(
-            "carrier_exception:e:1",
-            DeviationType::CarrierException,
-            Severity::Warning,
-            s + 2 * HOUR,
-        );
-        o.assert_deviation(
-            "carrier_exception:e:2",
-            DeviationType::CarrierException,
-            Severity::Warning,
-            s + DAY,
-        );
-        assert_kpi(
+        assert_deviations(
             o,
-            &key("carrier_exceptions", "carrier=UPS", s),
-            Some(2.0),
-            2,
-            2,
-            KpiStatus::Unrated,
+            &[
+                (
+                    "carrier_exception:e:1",
+                    D::CarrierException,
+                    S::Warning,
+                    s + 2 * HOUR,
+                ),
+                (
+                    "carrier_exception:e:2",
+                    D::CarrierException,
+                    S::Warning,
+                    s + DAY,
+                ),
+            ],
         );
-        assert_kpi(
+        assert_kpis(
             o,
-            &key("carrier_exceptions", "", s + DAY),
-            Some(1.0),
-            1,
-            1,
-            KpiStatus::Unrated,
+            &[
+                (
+                    "carrier_exceptions",
+                    "carrier=UPS",
+                    s,
+                    Some(2.0),
+                    2,
+                    2,
+                    K::Unrated,
+                ),
+                (
+                    "carrier_exceptions",
+                    "",
+                    s + DAY,
+                    Some(1.0),
+                    1,
+                    1,
+                    K::Unrated,
+                ),
+            ],
         );
     });
 }
@@ -532,109 +657,99 @@ fn carrier_exception_fires_again_only_after_resolution() {
 #[test]
 fn partial_delivery_refunds_and_tickets() {
     let d = T0 + 3 * DAY;
-    let three = OrderData {
-        qty: Some(3),
-        ..west()
-    };
     let evs = vec![
-        created("r-c", "r", T0 + HOUR, T0 + 5 * DAY, &three),
-        event(
-            "r-t",
+        new_order(
             "r",
+            T0 + HOUR,
+            T0 + 5 * DAY,
+            &OrderData {
+                qty: Some(3),
+                ..west()
+            },
+        ),
+        ev(
+            "r",
+            "t",
             "ticket_raised",
             T0 + 5 * HOUR,
             r#","reason":"where is my order""#,
         ),
-        event(
-            "r-s",
+        ev("r", "s", "shipped", T0 + DAY, r#","carrier":"UPS","qty":3"#),
+        ev("r", "d", "delivered", d, r#","qty":2"#),
+        ev(
             "r",
-            "shipped",
-            T0 + DAY,
-            r#","carrier":"UPS","qty":3"#,
-        ),
-        event("r-d", "r", "delivered", d, r#","qty":2"#),
-        event(
-            "r-r1",
-            "r",
+            "r1",
             "refund_requested",
             d + HOUR,
             r#","reason":"damaged","amount":600.0"#,
         ),
-        event(
-            "r-r2",
+        ev(
             "r",
+            "r2",
             "return_requested",
             d + 2 * HOUR,
-            r#","reason":"wrong size","amount":20.0"#,
+            r#","reason":"size","amount":20.0"#,
         ),
-        event(
-            "r-r3",
+        ev(
             "r",
+            "r3",
             "refund_requested",
             d + 3 * HOUR,
             r#","reason":"late","amount":500"#,
         ),
     ];
     check(&one_partition(evs), |o| {
-        o.assert_deviation(
-            "partial_delivery:r",
-            DeviationType::PartialDelivery,
-            Severity::Warning,
-            d,
+        assert_deviations(
+            o,
+            &[
+                ("partial_delivery:r", D::PartialDelivery, S::Warning, d),
+                (
+                    "refund_requested:r:r-r1",
+                    D::RefundRequested,
+                    S::Critical,
+                    d + HOUR,
+                ),
+                (
+                    "refund_requested:r:r-r2",
+                    D::RefundRequested,
+                    S::Info,
+                    d + 2 * HOUR,
+                ),
+                (
+                    "refund_requested:r:r-r3",
+                    D::RefundRequested,
+                    S::Critical,
+                    d + 3 * HOUR,
+                ),
+                (
+                    "ticket_raised:r:r-t",
+                    D::TicketRaised,
+                    S::Info,
+                    T0 + 5 * HOUR,
+                ),
+            ],
         );
-        o.assert_deviation(
-            "refund_requested:r:r-r1",
-            DeviationType::RefundRequested,
-            Severity::Critical,
-            d + HOUR,
-        );
-        o.assert_deviation(
-            "refund_requested:r:r-r2",
-            DeviationType::RefundRequested,
-            Severity::Info,
-            d + 2 * HOUR,
-        );
-        o.assert_deviation(
-            "refund_requested:r:r-r3",
-            DeviationType::RefundRequested,
-            Severity::Critical,
-            d + 3 * HOUR,
-        );
-        o.assert_deviation(
-            "ticket_raised:r:r-t",
-            DeviationType::TicketRaised,
-            Severity::Info,
-            T0 + 5 * HOUR,
-        );
-        assert_eq!(o.deviations_of(DeviationType::RefundRequested).len(), 3);
+        assert_eq!(o.deviations_of(D::RefundRequested).len(), 3);
         assert_eq!(
             o.deviation("partial_delivery:r").order_id.as_deref(),
             Some("r")
         );
         // Three refund/return facts per one delivery; one ticket per one order.
-        assert_kpi(
+        assert_kpis(
             o,
-            &key("refund_rate", "region=West", d),
-            Some(3.0),
-            3,
-            1,
-            KpiStatus::Unrated,
-        );
-        assert_kpi(
-            o,
-            &key("ticket_rate", "segment=Consumer", T0),
-            Some(1.0),
-            1,
-            1,
-            KpiStatus::Unrated,
-        );
-        assert_kpi(
-            o,
-            &key("otif_rate", "", d),
-            Some(0.0),
-            0,
-            1,
-            KpiStatus::Unrated,
+            &[
+                ("refund_rate", "region=West", d, Some(3.0), 3, 1, K::Unrated),
+                (
+                    "ticket_rate",
+                    "segment=Consumer",
+                    T0,
+                    Some(1.0),
+                    1,
+                    1,
+                    K::Unrated,
+                ),
+                ("otif_rate", "", d, Some(0.0), 0, 1, K::Unrated),
+            ],
         );
     });
 }
@@ -648,51 +763,48 @@ fn partial_delivery_refunds_and_tickets() {
 /// never turns critical. An order promised one day after creation jumps straight to critical.
 #[test]
 fn predicted_delay_warning_then_critical_and_straight_to_critical() {
-    let data = |wh: &str| OrderData {
-        warehouse: wh.into(),
-        ..west()
-    };
     let evs = vec![
-        created("k-c", "k", T0, T0 + 10 * DAY, &data("WH-R1")),
-        created("j-c", "j", T0 + HOUR, T0 + HOUR + DAY, &data("WH-R2")),
-        created("m-c", "m", T0, T0 + 10 * DAY, &data("WH-R3")),
-        event("m-s", "m", "shipped", T0 + 2 * DAY, r#","carrier":"UPS""#),
+        new_order("k", T0, T0 + 10 * DAY, &at_warehouse("WH-R1")),
+        new_order("j", T0 + HOUR, T0 + HOUR + DAY, &at_warehouse("WH-R2")),
+        new_order("m", T0, T0 + 10 * DAY, &at_warehouse("WH-R3")),
+        ev("m", "s", "shipped", T0 + 2 * DAY, UPS),
     ];
     let input = one_partition(evs);
+    let crossing = T0 + 6 * DAY + 10 * HOUR + 24 * MIN;
     check(&input, |o| {
-        o.assert_deviation(
-            "predicted_delay:k:warning",
-            DeviationType::PredictedDelay,
-            Severity::Warning,
-            T0,
-        );
         let crit = o.deviation("predicted_delay:k:critical");
-        assert_eq!(crit.severity, Severity::Critical);
         let c = crit.event_time;
+        assert_eq!(crit.severity, S::Critical);
         assert!(
-            (T0 + 6 * DAY + 10 * HOUR + 24 * MIN..T0 + 6 * DAY + 10 * HOUR + 25 * MIN).contains(&c),
-            "{}: critical at T0 + {} ms",
+            (crossing..crossing + MIN).contains(&c),
+            "{}: critical at T0 + {}",
             o.label,
             c - T0
         );
-        o.assert_deviation(
-            "predicted_delay:j:critical",
-            DeviationType::PredictedDelay,
-            Severity::Critical,
-            T0 + HOUR,
+        assert_deviations(
+            o,
+            &[
+                (
+                    "predicted_delay:k:warning",
+                    D::PredictedDelay,
+                    S::Warning,
+                    T0,
+                ),
+                (
+                    "predicted_delay:j:critical",
+                    D::PredictedDelay,
+                    S::Critical,
+                    T0 + HOUR,
+                ),
+                (
+                    "predicted_delay:m:warning",
+                    D::PredictedDelay,
+                    S::Warning,
+                    T0,
+                ),
+            ],
         );
-        o.assert_deviation(
-            "predicted_delay:m:warning",
-            DeviationType::PredictedDelay,
-            Severity::Warning,
-            T0,
-        );
-        assert!(
-            !o.has_deviation("predicted_delay:j:warning")
-                && !o.has_deviation("predicted_delay:m:critical"),
-            "{}",
-            o.label
-        );
+        assert_eq!(ids_of(o, &[D::PredictedDelay]).len(), 4, "{}", o.label);
         let scores = |order: &str| -> Vec<(i64, i64)> {
             o.risk_scores
                 .iter()
@@ -703,8 +815,11 @@ fn predicted_delay_warning_then_critical_and_straight_to_critical() {
         let k = scores("k");
         assert_eq!(k.len(), 2, "{}: {k:?}", o.label);
         assert_eq!(k[0], (T0, 575_121), "{}", o.label);
-        assert_eq!(k[1].0, c);
-        assert!((800_000..800_010).contains(&k[1].1), "{}: {k:?}", o.label);
+        assert!(
+            k[1].0 == c && (800_000..800_010).contains(&k[1].1),
+            "{}: {k:?}",
+            o.label
+        );
         assert_eq!(scores("j"), [(T0 + HOUR, 1_000_000)], "{}", o.label);
         assert_eq!(
             scores("m"),
@@ -714,15 +829,15 @@ fn predicted_delay_warning_then_critical_and_straight_to_critical() {
         );
         // segment_risk_score: day 0 has k, j and m's creation scores; day 6 k's band check.
         assert_eq!(
-            o.kpi(&key("segment_risk_score", "", T0)).denominator,
+            o.kpi(&format!("segment_risk_score||{T0}")).denominator,
             3,
             "{}",
             o.label
         );
+        let day6 = o.kpi(&format!("segment_risk_score||{}", T0 + 6 * DAY));
         assert_eq!(
-            o.kpi(&key("segment_risk_score", "", T0 + 6 * DAY))
-                .numerator,
-            k[1].1,
+            (day6.numerator, day6.denominator),
+            (k[1].1, 1),
             "{}",
             o.label
         );
@@ -738,13 +853,14 @@ fn predicted_delay_warning_then_critical_and_straight_to_critical() {
         open_exceptions: 0,
         payment_failed_open: false,
     };
+    let (within, transit) = (level.ship_within.ms(), level.transit.ms());
     let p = |now: i64| {
         ppm(score(
             &snap,
             &RouteStats::default(),
             now,
-            level.ship_within.ms(),
-            level.transit.ms(),
+            within,
+            transit,
             &spec,
         ))
     };
@@ -755,71 +871,66 @@ fn predicted_delay_warning_then_critical_and_straight_to_critical() {
         .event_time;
     assert!(
         p(c) >= 800_000 && p(c - 1) < 800_000,
-        "p({c}) = {}, p(c - 1) = {}",
+        "p(c) = {}, p(c - 1) = {}",
         p(c),
         p(c - 1)
     );
 }
 
-/// A mean above its warn level and a rate at its critical level breach at window close.
+/// A mean above its warn level breaches at window close, in each of its series.
 #[test]
 fn kpi_threshold_breach_warn_and_critical() {
     let c = T0 + HOUR;
     let evs = vec![
         // 80 h order-to-ship: warn (>= 72 h, < 120 h).
-        created("s-c", "s", c, T0 + 6 * DAY, &west()),
-        event("s-s", "s", "shipped", c + 80 * HOUR, r#","carrier":"UPS""#),
-        event("s-d", "s", "delivered", T0 + 5 * DAY, ""),
+        new_order("s", c, T0 + 6 * DAY, &west()),
+        ev("s", "s", "shipped", c + 80 * HOUR, UPS),
+        ev("s", "d", "delivered", T0 + 5 * DAY, ""),
     ];
-    let ship_day = T0 + 3 * DAY;
+    let day = T0 + 3 * DAY;
     check(&one_partition(evs), |o| {
-        assert_kpi(
+        assert_kpis(
             o,
-            &key("order_to_ship_hours", "", ship_day),
-            Some(80.0),
-            80 * HOUR,
-            1,
-            KpiStatus::Warn,
+            &[
+                (
+                    "order_to_ship_hours",
+                    "",
+                    day,
+                    Some(80.0),
+                    80 * HOUR,
+                    1,
+                    K::Warn,
+                ),
+                (
+                    "order_to_ship_hours",
+                    "warehouse=WH-A",
+                    day,
+                    Some(80.0),
+                    80 * HOUR,
+                    1,
+                    K::Warn,
+                ),
+                ("on_time_rate", "", T0 + 5 * DAY, Some(1.0), 1, 1, K::Ok),
+            ],
         );
-        assert_kpi(
+        let breach = |dims: &str| format!("kpi_threshold_breach:order_to_ship_hours:{dims}:{day}");
+        assert_deviations(
             o,
-            &key("order_to_ship_hours", "warehouse=WH-A", ship_day),
-            Some(80.0),
-            80 * HOUR,
-            1,
-            KpiStatus::Warn,
+            &[
+                (&breach(""), D::KpiThresholdBreach, S::Warning, day + DAY),
+                (
+                    &breach("warehouse=WH-A"),
+                    D::KpiThresholdBreach,
+                    S::Warning,
+                    day + DAY,
+                ),
+            ],
         );
-        assert_kpi(
-            o,
-            &key("on_time_rate", "", T0 + 5 * DAY),
-            Some(1.0),
-            1,
-            1,
-            KpiStatus::Ok,
-        );
-        let breaches: Vec<&str> = o
-            .deviations_of(DeviationType::KpiThresholdBreach)
-            .iter()
-            .map(|d| d.id.as_str())
-            .filter(|id| id.contains(":order_to_ship_hours:"))
-            .collect();
-        assert_eq!(breaches.len(), 2, "{}: {breaches:?}", o.label);
-        o.assert_deviation(
-            &format!("kpi_threshold_breach:order_to_ship_hours::{ship_day}"),
-            DeviationType::KpiThresholdBreach,
-            Severity::Warning,
-            ship_day + DAY,
-        );
-        o.assert_deviation(
-            &format!("kpi_threshold_breach:order_to_ship_hours:warehouse=WH-A:{ship_day}"),
-            DeviationType::KpiThresholdBreach,
-            Severity::Warning,
-            ship_day + DAY,
-        );
-        assert!(
-            o.deviations_of(DeviationType::KpiThresholdBreach)
-                .iter()
-                .all(|d| !d.id.contains(":on_time_rate:")),
+        let breaches = ids_of(o, &[D::KpiThresholdBreach]);
+        let of = |kpi: &str| breaches.iter().filter(|id| id.contains(kpi)).count();
+        assert_eq!(
+            (of(":order_to_ship_hours:"), of(":on_time_rate:")),
+            (2, 0),
             "{}",
             o.label
         );
@@ -834,26 +945,14 @@ fn kpi_anomaly_against_trailing_baseline() {
     for i in 0..5 {
         let o = format!("n{i}");
         let day = T0 + (2 + i) * DAY;
-        evs.push(created(
-            &format!("{o}-c"),
-            &o,
-            T0 + HOUR,
-            day + 12 * HOUR,
-            &west(),
-        ));
-        evs.push(event(
-            &format!("{o}-s"),
-            &o,
-            "shipped",
-            T0 + DAY,
-            r#","carrier":"UPS""#,
-        ));
+        evs.push(new_order(&o, T0 + HOUR, day + 12 * HOUR, &west()));
+        evs.push(ev(&o, "s", "shipped", T0 + DAY, UPS));
         let at = if i < 4 {
             day + 10 * HOUR
         } else {
             day + 13 * HOUR
         };
-        evs.push(event(&format!("{o}-d"), &o, "delivered", at, ""));
+        evs.push(ev(&o, "d", "delivered", at, ""));
     }
     let day6 = T0 + 6 * DAY;
     check(&one_partition(evs), |o| {
@@ -868,23 +967,26 @@ fn kpi_anomaly_against_trailing_baseline() {
             "{}",
             o.label
         );
-        o.assert_deviation(
-            &format!("kpi_anomaly:on_time_rate::{day6}"),
-            DeviationType::KpiAnomaly,
-            Severity::Warning,
-            day6 + DAY,
-        );
-        o.assert_deviation(
-            &format!("kpi_anomaly:on_time_rate:region=West,ship_mode=Standard Class:{day6}"),
-            DeviationType::KpiAnomaly,
-            Severity::Warning,
-            day6 + DAY,
+        let anomaly = |dims: &str| format!("kpi_anomaly:on_time_rate:{dims}:{day6}");
+        assert_deviations(
+            o,
+            &[
+                (&anomaly(""), D::KpiAnomaly, S::Warning, day6 + DAY),
+                (
+                    &anomaly("region=West,ship_mode=Standard Class"),
+                    D::KpiAnomaly,
+                    S::Warning,
+                    day6 + DAY,
+                ),
+            ],
         );
         // One per dimension set of on_time_rate (7), none earlier (fewer than 4 baseline values).
-        let anomalies = o.deviations_of(DeviationType::KpiAnomaly);
-        assert_eq!(anomalies.len(), 7, "{}: {:?}", o.label, o.deviation_ids());
-        assert!(anomalies.iter().all(|d| d.id.ends_with(&format!(":{day6}"))
-            && d.id.starts_with("kpi_anomaly:on_time_rate:")));
+        let anomalies = ids_of(o, &[D::KpiAnomaly]);
+        assert_eq!(anomalies.len(), 7, "{}: {anomalies:?}", o.label);
+        assert!(anomalies
+            .iter()
+            .all(|id| id.starts_with("kpi_anomaly:on_time_rate:")));
+        assert!(anomalies.iter().all(|id| id.ends_with(&format!(":{day6}"))));
     });
 }
 
@@ -892,69 +994,35 @@ fn kpi_anomaly_against_trailing_baseline() {
 /// one tick earlier is late, counted and otherwise ignored.
 #[test]
 fn late_events_are_counted_and_excluded() {
+    let frontier = T0 + 7 * HOUR + 30 * MIN;
     let p0 = vec![
-        created("l-c", "l", T0 + HOUR, T0 + 5 * DAY, &west()).line,
-        event("z-t", "z", "ticket_raised", T0 + 10 * HOUR, "").line,
-        // Frontier now tick_of(T0 + 7h30m).
-        event(
-            "l-f",
-            "l",
-            "payment_failed",
-            T0 + 7 * HOUR + 30 * MIN,
-            r#","reason":"x""#,
-        )
-        .line,
-        event(
-            "l-d",
-            "l",
-            "delivered",
-            T0 + 7 * HOUR + 29 * MIN + 59_000,
-            "",
-        )
-        .line,
-        event("l-x", "l", "cancelled", T0 + 3 * DAY, "").line,
+        new_order("l", T0 + HOUR, T0 + 5 * DAY, &west()).line,
+        ev("z", "t", "ticket_raised", T0 + 10 * HOUR, "").line,
+        // The frontier is now tick_of(T0 + 7h30m).
+        ev("l", "f", "payment_failed", frontier, r#","reason":"x""#).line,
+        ev("l", "d", "delivered", frontier - 1000, "").line,
+        ev("l", "x", "cancelled", T0 + 3 * DAY, "").line,
     ];
     // Another partition has its own frontier: an early event there is fine.
     let p1 = vec![
-        created("m-c", "m", T0 + 2 * HOUR, T0 + 5 * DAY, &west()).line,
-        event("m-d", "m", "delivered", T0 + 3 * DAY, "").line,
+        new_order("m", T0 + 2 * HOUR, T0 + 5 * DAY, &west()).line,
+        ev("m", "d", "delivered", T0 + 3 * DAY, "").line,
     ];
-    let input = MemoryPartitions::new("late", [p0, p1]);
-    check(&input, |o| {
+    check(&MemoryPartitions::new("late", [p0, p1]), |o| {
         assert_eq!(o.late, 1, "{}", o.label);
-        assert_eq!(
-            o.late_events,
-            [(
-                0,
-                3,
-                "l-d".to_string(),
-                "l".to_string(),
-                T0 + 7 * HOUR + 29 * MIN + 59_000
-            )],
-            "{}",
-            o.label
-        );
-        o.assert_deviation(
-            "payment_failed:l:1",
-            DeviationType::PaymentFailed,
-            Severity::Warning,
-            T0 + 7 * HOUR + 30 * MIN,
-        );
+        let late = (0, 3, "l-d".to_string(), "l".to_string(), frontier - 1000);
+        assert_eq!(o.late_events, [late], "{}", o.label);
+        o.assert_deviation("payment_failed:l:1", D::PaymentFailed, S::Warning, frontier);
         // l was never delivered: only m's delivery counts.
         let deliveries: i64 = o
-            .final_kpis
+            .series("on_time_rate", "")
             .iter()
-            .filter(|k| k.kpi == "on_time_rate" && k.dims.is_empty())
             .map(|k| k.denominator)
             .sum();
         assert_eq!(deliveries, 1, "{}", o.label);
-        assert_kpi(
+        assert_kpis(
             o,
-            &key("on_time_rate", "", T0 + 3 * DAY),
-            Some(1.0),
-            1,
-            1,
-            KpiStatus::Ok,
+            &[("on_time_rate", "", T0 + 3 * DAY, Some(1.0), 1, 1, K::Ok)],
         );
         assert!(o.has_deviation("ticket_raised:z:z-t"));
         assert_eq!((o.duplicates, o.dead_lettered), (0, 0));
@@ -965,121 +1033,94 @@ fn late_events_are_counted_and_excluded() {
 /// "first only" kind with a new id is not a duplicate but changes nothing.
 #[test]
 fn duplicates_are_no_ops() {
-    let c = created("d-c", "d", T0 + HOUR, T0 + 5 * DAY, &west());
-    let f = event(
-        "d-f",
+    let c = new_order("d", T0 + HOUR, T0 + 5 * DAY, &west());
+    let f = ev(
         "d",
+        "f",
         "payment_failed",
         T0 + 2 * HOUR,
         r#","reason":"x""#,
     );
-    let s = event("d-s", "d", "shipped", T0 + DAY, r#","carrier":"UPS""#);
-    let dl = event("d-d", "d", "delivered", T0 + 3 * DAY, "");
-    let dl2 = event("d-d2", "d", "delivered", T0 + 3 * DAY + HOUR, "");
+    let s = ev("d", "s", "shipped", T0 + DAY, UPS);
+    let dl = ev("d", "d", "delivered", T0 + 3 * DAY, "");
+    let dl2 = ev("d", "d2", "delivered", T0 + 3 * DAY + HOUR, "");
     let p0 = in_ts_order(vec![c.clone(), c, f.clone(), s, dl.clone(), dl, dl2]);
     let p1 = in_ts_order(vec![f]);
     check(&MemoryPartitions::new("dups", [p0, p1]), |o| {
-        assert_eq!(o.duplicates, 3, "{}", o.label);
-        assert_eq!(o.late, 0);
-        assert_kpi(
+        assert_eq!((o.duplicates, o.late), (3, 0), "{}", o.label);
+        let day3 = T0 + 3 * DAY;
+        assert_kpis(
             o,
-            &key("on_time_rate", "", T0 + 3 * DAY),
-            Some(1.0),
-            1,
-            1,
-            KpiStatus::Ok,
+            &[
+                ("on_time_rate", "", day3, Some(1.0), 1, 1, K::Ok),
+                (
+                    "avg_delivery_delay_hours",
+                    "",
+                    day3,
+                    Some(-48.0),
+                    -2 * DAY,
+                    1,
+                    K::Unrated,
+                ),
+                ("payment_failure_rate", "", T0, Some(1.0), 1, 1, K::Critical),
+                ("order_value", "", T0, Some(100.0), 10_000, 1, K::Unrated),
+                ("ticket_rate", "", T0, Some(0.0), 0, 1, K::Unrated),
+            ],
         );
-        assert_kpi(
-            o,
-            &key("avg_delivery_delay_hours", "", T0 + 3 * DAY),
-            Some(-48.0),
-            -2 * DAY,
-            1,
-            KpiStatus::Unrated,
+        assert_eq!(
+            ids_of(o, &[D::PaymentFailed]),
+            ["payment_failed:d:1"],
+            "{}",
+            o.label
         );
-        assert_kpi(
-            o,
-            &key("payment_failure_rate", "", T0),
-            Some(1.0),
-            1,
-            1,
-            KpiStatus::Critical,
-        );
-        assert_kpi(
-            o,
-            &key("order_value", "", T0),
-            Some(100.0),
-            10_000,
-            1,
-            KpiStatus::Unrated,
-        );
-        assert_kpi(
-            o,
-            &key("ticket_rate", "", T0),
-            Some(0.0),
-            0,
-            1,
-            KpiStatus::Unrated,
-        );
-        assert_eq!(o.deviations_of(DeviationType::PaymentFailed).len(), 1);
     });
 }
 
 #[test]
 fn malformed_lines_are_dead_lettered_and_the_rest_processed() {
     let lines = vec![
-        created("g-c", "g", T0 + HOUR, T0 + 5 * DAY, &west()).line,
+        new_order("g", T0 + HOUR, T0 + 5 * DAY, &west()).line,
         "{broken".to_string(),
-        r#"{"v":1,"event_id":"h-s","order_id":"h","type":"shipped","ts":1700010000000}"#
-            .to_string(),
-        r#"{"v":1,"event_id":"h-t","order_id":"h","type":"teleported","ts":1700010000000}"#
-            .to_string(),
-        event("g-s", "g", "shipped", T0 + DAY, r#","carrier":"UPS""#).line,
-        event("g-d", "g", "delivered", T0 + 3 * DAY, "").line,
+        r#"{"v":1,"event_id":"h-s","order_id":"h","type":"shipped","ts":1700010000000}"#.into(),
+        r#"{"v":1,"event_id":"h-t","order_id":"h","type":"teleported","ts":1700010000000}"#.into(),
+        ev("g", "s", "shipped", T0 + DAY, UPS).line,
+        ev("g", "d", "delivered", T0 + 3 * DAY, "").line,
     ];
     check(&MemoryPartitions::new("bad", [lines]), |o| {
-        assert_eq!(o.dead_lettered, 3, "{}", o.label);
-        assert_eq!(o.dead_letters.len(), 3, "{}", o.label);
-        assert_eq!((o.dead_letters[0].0, o.dead_letters[0].1), (0, 1));
+        assert_eq!((o.dead_lettered, o.late), (3, 0), "{}", o.label);
+        let dl = &o.dead_letters;
+        assert_eq!(dl.len(), 3, "{}", o.label);
         assert!(
-            o.dead_letters[0].2.starts_with("malformed JSON"),
-            "{}: {:?}",
-            o.label,
-            o.dead_letters
+            dl[0].0 == 0 && dl[0].1 == 1 && dl[0].2.starts_with("malformed JSON"),
+            "{dl:?}"
         );
         assert_eq!(
-            o.dead_letters[1],
-            (
-                0,
-                2,
-                "missing field `carrier` for type `shipped`".to_string()
-            ),
+            dl[1],
+            (0, 2, "missing field `carrier` for type `shipped`".into()),
             "{}",
             o.label
         );
         assert_eq!(
-            o.dead_letters[2],
-            (0, 3, "unknown event type `teleported`".to_string()),
+            dl[2],
+            (0, 3, "unknown event type `teleported`".into()),
             "{}",
             o.label
         );
-        assert_kpi(
+        assert_kpis(
             o,
-            &key("on_time_rate", "", T0 + 3 * DAY),
-            Some(1.0),
-            1,
-            1,
-            KpiStatus::Ok,
+            &[
+                ("on_time_rate", "", T0 + 3 * DAY, Some(1.0), 1, 1, K::Ok),
+                (
+                    "order_to_ship_hours",
+                    "",
+                    T0 + DAY,
+                    Some(23.0),
+                    23 * HOUR,
+                    1,
+                    K::Ok,
+                ),
+            ],
         );
-        assert_kpi(
-            o,
-            &key("order_to_ship_hours", "", T0 + DAY),
-            Some(23.0),
-            23 * HOUR,
-            1,
-            KpiStatus::Ok,
-        );
-        assert_eq!(o.late, 0);
     });
 }
 
@@ -1089,42 +1130,22 @@ fn malformed_lines_are_dead_lettered_and_the_rest_processed() {
 /// open A order is retired 20 days (idle_open) after its only event.
 #[test]
 fn backlog_gauge_levels() {
-    let b = OrderData {
-        warehouse: "WH-B".into(),
-        ..west()
-    };
+    let promised = T0 + 9 * DAY;
     let evs = vec![
-        created("a1-c", "a1", T0 + HOUR, T0 + 9 * DAY, &west()),
-        created("a2-c", "a2", T0 + 2 * HOUR, T0 + 9 * DAY, &west()),
-        created("b1-c", "b1", T0 + 3 * HOUR, T0 + 9 * DAY, &b),
-        event(
-            "a2-s",
-            "a2",
-            "shipped",
-            T0 + DAY + HOUR,
-            r#","carrier":"UPS""#,
-        ),
-        event("b1-x", "b1", "cancelled", T0 + DAY + 2 * HOUR, ""),
-        created("a3-c", "a3", T0 + 3 * DAY + HOUR, T0 + 9 * DAY, &west()),
-        event(
-            "a3-s",
-            "a3",
-            "shipped",
-            T0 + 3 * DAY + 5 * HOUR,
-            r#","carrier":"UPS""#,
-        ),
-        created("a4-c", "a4", T0 + 5 * DAY + HOUR, T0 + 9 * DAY, &west()),
-        event(
-            "a4-s",
-            "a4",
-            "shipped",
-            T0 + 5 * DAY + HOUR + 10_000,
-            r#","carrier":"UPS""#,
-        ),
+        new_order("a1", T0 + HOUR, promised, &west()),
+        new_order("a2", T0 + 2 * HOUR, promised, &west()),
+        new_order("b1", T0 + 3 * HOUR, promised, &at_warehouse("WH-B")),
+        ev("a2", "s", "shipped", T0 + DAY + HOUR, UPS),
+        ev("b1", "x", "cancelled", T0 + DAY + 2 * HOUR, ""),
+        new_order("a3", T0 + 3 * DAY + HOUR, promised, &west()),
+        ev("a3", "s", "shipped", T0 + 3 * DAY + 5 * HOUR, UPS),
+        new_order("a4", T0 + 5 * DAY + HOUR, promised, &west()),
+        ev("a4", "s", "shipped", T0 + 5 * DAY + HOUR + 10_000, UPS),
     ];
     check(&one_partition(evs), |o| {
         let levels = |dims: &str| -> Vec<(i64, i64)> {
-            o.series("open_backlog", dims)
+            let series = o.series("open_backlog", dims);
+            series
                 .iter()
                 .map(|k| ((k.window_start - T0) / DAY, k.numerator))
                 .collect()
@@ -1137,11 +1158,7 @@ fn backlog_gauge_levels() {
             o.label
         );
         assert_eq!(levels("warehouse=WH-B"), [(0, 1), (1, 0)], "{}", o.label);
-        let k = o.kpi(&key("open_backlog", "", T0));
-        assert_eq!(
-            (k.value, k.denominator, k.status),
-            (Some(3.0), 1, KpiStatus::Unrated)
-        );
+        assert_kpis(o, &[("open_backlog", "", T0, Some(3.0), 3, 1, K::Unrated)]);
     });
 }
 
@@ -1150,42 +1167,39 @@ fn backlog_gauge_levels() {
 #[test]
 fn sliding_window_membership() {
     let evs = vec![
-        created("w1-c", "w1", T0 + 5 * DAY, T0 + 11 * DAY, &west()),
-        event("w1-d", "w1", "delivered", T0 + 10 * DAY + 5 * HOUR, ""),
-        created("w2-c", "w2", T0 + 5 * DAY, T0 + 11 * DAY, &east()),
-        event("w2-d", "w2", "delivered", T0 + 12 * DAY, ""),
+        new_order("w1", T0 + 5 * DAY, T0 + 11 * DAY, &west()),
+        ev("w1", "d", "delivered", T0 + 10 * DAY + 5 * HOUR, ""),
+        new_order("w2", T0 + 5 * DAY, T0 + 11 * DAY, &in_region("East")),
+        ev("w2", "d", "delivered", T0 + 12 * DAY, ""),
     ];
     check(&one_partition(evs), |o| {
-        let windows: Vec<(i64, i64, i64)> = o
-            .series("on_time_rate_7d", "")
+        let series = o.series("on_time_rate_7d", "");
+        let windows: Vec<(i64, i64, i64)> = series
             .iter()
             .map(|k| ((k.window_start - T0) / DAY, k.numerator, k.denominator))
             .collect();
         let want: Vec<(i64, i64, i64)> = (4..=12)
-            .map(|d| {
-                if d < 6 {
-                    (d, 1, 1)
-                } else if d <= 10 {
-                    (d, 1, 2)
-                } else {
-                    (d, 0, 1)
-                }
+            .map(|d| match d {
+                4 | 5 => (d, 1, 1),
+                6..=10 => (d, 1, 2),
+                _ => (d, 0, 1),
             })
             .collect();
         assert_eq!(windows, want, "{}", o.label);
-        let west: Vec<i64> = o
-            .series("on_time_rate_7d", "region=West")
-            .iter()
-            .map(|k| (k.window_start - T0) / DAY)
-            .collect();
-        assert_eq!(west, (4..=10).collect::<Vec<_>>(), "{}", o.label);
-        assert_kpi(
+        let west = o.series("on_time_rate_7d", "region=West");
+        let starts: Vec<i64> = west.iter().map(|k| (k.window_start - T0) / DAY).collect();
+        assert_eq!(starts, (4..=10).collect::<Vec<_>>(), "{}", o.label);
+        assert_kpis(
             o,
-            &key("on_time_rate_7d", "", T0 + 8 * DAY),
-            Some(0.5),
-            1,
-            2,
-            KpiStatus::Critical,
+            &[(
+                "on_time_rate_7d",
+                "",
+                T0 + 8 * DAY,
+                Some(0.5),
+                1,
+                2,
+                K::Critical,
+            )],
         );
     });
 }
@@ -1196,63 +1210,52 @@ fn sliding_window_membership() {
 /// finished-order retention (7d after the last event) and after the new ticket.
 #[test]
 fn retired_order_timers_do_not_fire_on_a_new_record() {
-    let early = OrderData {
-        warehouse: "WH-Q".into(),
-        ..west()
-    };
+    let wh = at_warehouse("WH-Q");
     let evs = vec![
         // q: shipped day 1, delivered 2 h later; retired at day 8 + 2h; gap deadline day 8 + 12h.
-        created("q-c", "q", T0 + HOUR, T0 + 3 * DAY, &early),
-        event("q-s", "q", "shipped", T0 + DAY, r#","carrier":"UPS""#),
-        event("q-d", "q", "delivered", T0 + DAY + 2 * HOUR, ""),
-        event("q-t", "q", "ticket_raised", T0 + 8 * DAY + 6 * HOUR, ""),
+        new_order("q", T0 + HOUR, T0 + 3 * DAY, &wh),
+        ev("q", "s", "shipped", T0 + DAY, UPS),
+        ev("q", "d", "delivered", T0 + DAY + 2 * HOUR, ""),
+        ev("q", "t", "ticket_raised", T0 + 8 * DAY + 6 * HOUR, ""),
         // v: promised on day 12, delivered on day 2, retired day 9; ticket on day 10.
-        created("v-c", "v", T0 + HOUR, T0 + 12 * DAY, &early),
-        event("v-s", "v", "shipped", T0 + DAY, r#","carrier":"UPS""#),
-        event("v-d", "v", "delivered", T0 + 2 * DAY, ""),
-        event("v-t", "v", "ticket_raised", T0 + 10 * DAY, ""),
+        new_order("v", T0 + HOUR, T0 + 12 * DAY, &wh),
+        ev("v", "s", "shipped", T0 + DAY, UPS),
+        ev("v", "d", "delivered", T0 + 2 * DAY, ""),
+        ev("v", "t", "ticket_raised", T0 + 10 * DAY, ""),
     ];
     check(&one_partition(evs), |o| {
-        let timers: Vec<&str> = o
-            .deviations
-            .iter()
-            .filter(|d| {
-                matches!(
-                    d.kind,
-                    DeviationType::SlaShipBreach
-                        | DeviationType::SlaDeliveryBreach
-                        | DeviationType::FulfillmentGap
-                )
-            })
-            .map(|d| d.id.as_str())
-            .collect();
+        let timers = ids_of(
+            o,
+            &[D::SlaShipBreach, D::SlaDeliveryBreach, D::FulfillmentGap],
+        );
         assert!(timers.is_empty(), "{}: {timers:?}", o.label);
         assert!(
             o.final_kpis.iter().all(|k| k.kpi != "fulfillment_gaps"),
             "{}",
             o.label
         );
-        o.assert_deviation(
-            "ticket_raised:q:q-t",
-            DeviationType::TicketRaised,
-            Severity::Info,
-            T0 + 8 * DAY + 6 * HOUR,
-        );
-        o.assert_deviation(
-            "ticket_raised:v:v-t",
-            DeviationType::TicketRaised,
-            Severity::Info,
-            T0 + 10 * DAY,
+        assert_deviations(
+            o,
+            &[
+                (
+                    "ticket_raised:q:q-t",
+                    D::TicketRaised,
+                    S::Info,
+                    T0 + 8 * DAY + 6 * HOUR,
+                ),
+                (
+                    "ticket_raised:v:v-t",
+                    D::TicketRaised,
+                    S::Info,
+                    T0 + 10 * DAY,
+                ),
+            ],
         );
         // The tickets belong to records without order_created: global ticket facts, no dims.
-        assert_kpi(
+        assert_kpis(
             o,
-            &key("ticket_rate", "", T0 + 10 * DAY),
-            None,
-            1,
-            0,
-            KpiStatus::Unrated,
+            &[("ticket_rate", "", T0 + 10 * DAY, None, 1, 0, K::Unrated)],
         );
-        assert!(!o.has_kpi(&key("ticket_rate", "segment=Consumer", T0 + 10 * DAY)));
+        assert!(!o.has_kpi(&format!("ticket_rate|segment=Consumer|{}", T0 + 10 * DAY)));
     });
 }

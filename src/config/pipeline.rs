@@ -634,12 +634,14 @@ fn compile_kpi(
             }
             Measure::Gauge
         }
-        other => return Err((
-            at("aggregation"),
-            format!(
+        other => {
+            return Err((
+                at("aggregation"),
+                format!(
                 "unknown aggregation `{other}` (count, rate, ratio, mean, sum, quantile, gauge)"
             ),
-        )),
+            ))
+        }
     };
     if k.dimensions.is_empty() {
         return Err((

@@ -462,9 +462,12 @@ fn run_worker(
         }
         worker.step();
         // Bound in-flight data: let the dataflow catch up every so many events.
-        if since_sync >= 64 * 1024 {
+        // Bound in-flight data without lock-stepping the workers: once a worker has pushed
+        // `sync_every` events, it waits until the dataflow has caught up to where the input
+        // stood `lag_ticks` ago.
+        if since_sync >= SYNC_EVERY {
             since_sync = 0;
-            let t = *input.time();
+            let t = input.time().saturating_sub(LAG_TICKS);
             worker.step_while(|| probe.less_than(&t));
         }
         stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
@@ -488,6 +491,11 @@ fn run_worker(
     stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
     stats
 }
+
+/// Events a worker ingests between checks of the dataflow's progress.
+const SYNC_EVERY: usize = 64 * 1024;
+/// How far (in ticks) the dataflow may trail the input at a check.
+const LAG_TICKS: u64 = 60;
 
 fn fx_hash(bytes: &[u8]) -> u64 {
     use std::hash::Hasher;

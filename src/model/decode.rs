@@ -198,18 +198,28 @@ fn opt(v: Option<Raw<'_>>) -> Option<Raw<'_>> {
     v.filter(|r| r.get() != "null")
 }
 
+/// The text of a JSON string value: borrowed when it has no escapes (the common case, no second
+/// parse), unescaped otherwise. `None` when the value is not a string.
+fn str_of(r: Raw<'_>) -> Option<Cow<'_, str>> {
+    let t = r.get();
+    if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') && !t.contains('\\') {
+        return Some(Cow::Borrowed(&t[1..t.len() - 1]));
+    }
+    serde_json::from_str::<Str>(t).ok().map(|s| s.0)
+}
+
 fn string(r: Raw<'_>, field: &'static str) -> Result<CompactString, DecodeError> {
-    let s: Str = serde_json::from_str(r.get()).map_err(|_| DecodeError::InvalidValue {
+    let s = str_of(r).ok_or_else(|| DecodeError::InvalidValue {
         field,
         reason: format!("expected a string, got {}", r.get()),
     })?;
-    if s.0.is_empty() {
+    if s.is_empty() {
         return Err(DecodeError::InvalidValue {
             field,
             reason: "must not be empty".into(),
         });
     }
-    Ok(CompactString::from(s.0.as_ref()))
+    Ok(CompactString::from(s.as_ref()))
 }
 
 fn timestamp(r: Raw<'_>, field: &'static str) -> Result<EpochMs, DecodeError> {
@@ -224,13 +234,13 @@ fn timestamp(r: Raw<'_>, field: &'static str) -> Result<EpochMs, DecodeError> {
             reason: "epoch milliseconds out of range".into(),
         });
     }
-    match serde_json::from_str::<Str>(text) {
-        Ok(s) => parse_rfc3339(&s.0).map_err(|reason| DecodeError::BadTimestamp {
+    match str_of(r) {
+        Some(s) => parse_rfc3339(&s).map_err(|reason| DecodeError::BadTimestamp {
             field,
             value: text.into(),
             reason: reason.into(),
         }),
-        Err(_) => Err(DecodeError::BadTimestamp {
+        None => Err(DecodeError::BadTimestamp {
             field,
             value: text.into(),
             reason: "expected RFC 3339 string or epoch milliseconds".into(),
@@ -421,6 +431,18 @@ mod tests {
         assert_eq!((c.qty, c.amount), (Some(3), 120.5));
         // Round trip through the wire form.
         assert_eq!(decode_event(e.to_json().as_bytes()).unwrap(), e);
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped() {
+        let e = decode_event(br#"{"v":1,"event_id":"e\u0031","order_id":"o","type":"payment_failed","ts":0,"reason":"card \"declined\""}"#).unwrap();
+        assert_eq!(e.event_id, "e1");
+        assert_eq!(
+            e.body,
+            EventBody::PaymentFailed {
+                reason: "card \"declined\"".into()
+            }
+        );
     }
 
     #[test]

@@ -393,7 +393,7 @@ pub(crate) fn simulate(
 
     // Tickets (much likelier when late) and refund/return requests after delivery.
     let late = delivered > promised_ts;
-    if chance(rng, if late { 0.12 } else { 0.018 }) {
+    if chance(rng, if late { 0.09 } else { 0.012 }) {
         if late {
             push(
                 out,

@@ -376,9 +376,21 @@ pub fn outcome_diff(expected: &Outcome, actual: &Outcome, risk: bool) -> Vec<Str
 
 /// Panics with the first [`SHOWN`] differences when `actual` is not `expected`.
 pub fn assert_same(expected: &Outcome, actual: &Outcome, risk: bool, context: &str) {
+    if let Some(msg) = difference_report(expected, actual, risk, context) {
+        panic!("{msg}");
+    }
+}
+
+/// The first [`SHOWN`] differences between two outcomes as a message, or `None` when equal.
+pub fn difference_report(
+    expected: &Outcome,
+    actual: &Outcome,
+    risk: bool,
+    context: &str,
+) -> Option<String> {
     let diff = outcome_diff(expected, actual, risk);
     if diff.is_empty() {
-        return;
+        return None;
     }
     let mut msg = format!(
         "{context}: {} differs from {} in {} places ({} vs {} final KPIs, {} vs {} deviations); first {}:\n",
@@ -394,7 +406,7 @@ pub fn assert_same(expected: &Outcome, actual: &Outcome, risk: bool, context: &s
     for line in diff.iter().take(SHOWN) {
         let _ = writeln!(msg, "  {line}");
     }
-    panic!("{msg}");
+    Some(msg)
 }
 
 /// A YAML value from text.

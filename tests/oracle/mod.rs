@@ -5,14 +5,15 @@
 //! final KPI records, deviations, risk scores and the late/duplicate/dead-letter counts.
 //!
 //! Nothing here is shared with `src/dataflow` except the pure helpers the contract names
-//! (`kpi_math` for values, statuses, quantile ranks and anomaly z; `risk_model::score`) and the model
-//! and config types. The order of work is the contract's, made obvious:
+//! (`kpi_math` for values, statuses, quantile ranks and anomaly z; `risk_model::score` and
+//! `risk_model::crossing_time`) and the model and config types. The order of work is the
+//! contract's, made obvious:
 //! 1. [`ingest`]: decode each partition in order, apply the per-partition lateness rule;
 //! 2. [`orders`]: per order, events sorted by `(ts, event_id, type ordinal)`, simulated tick by tick
 //!    with a timer queue, dedup and retention, collecting facts, order deviations, backlog changes
-//!    and risk score requests;
-//! 3. [`risk`]: route statistics rebuilt from delivery and shipment facts, scores, risk facts and
-//!    `predicted_delay`;
+//!    and each record's state after every tick with events;
+//! 3. [`risk`]: route statistics rebuilt from delivery and shipment facts; each record replayed
+//!    through its event scores and band checks: scores, risk facts and `predicted_delay`;
 //! 4. [`kpis`]: every fact's contribution to every cell collected, then folded; gauges from the
 //!    backlog changes; threshold breaches and anomalies of the closed cells.
 #![allow(dead_code)]
