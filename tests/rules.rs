@@ -89,10 +89,16 @@ fn offset(text: &str) -> i64 {
     };
     let mut total = 0;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        let n: i64 = rest[..digits].parse().unwrap_or_else(|_| panic!("bad offset `{text}`"));
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: i64 = rest[..digits]
+            .parse()
+            .unwrap_or_else(|_| panic!("bad offset `{text}`"));
         rest = &rest[digits..];
-        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         total += n * match &rest[..unit] {
             "d" => DAY,
             "h" => HOUR,
@@ -122,7 +128,9 @@ fn expand(text: &str) -> String {
 /// The rows of a `|`-separated table, cells trimmed; blank lines skipped.
 fn rows(table: &str) -> Vec<Vec<&str>> {
     let lines = table.lines().filter(|l| !l.trim().is_empty());
-    lines.map(|l| l.split('|').map(str::trim).collect()).collect()
+    lines
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect()
 }
 
 /// Expected final KPI records, one per row: `kpi | dims | window start (offset from T0) | value
@@ -157,8 +165,16 @@ fn assert_kpis(o: &Outcome, table: &str) {
             o.label,
             k.value
         );
-        let size = if kpi == "on_time_rate_7d" { 7 * DAY } else { DAY };
-        assert!(k.is_final && k.window_end - k.window_start == size, "{}: {key}", o.label);
+        let size = if kpi == "on_time_rate_7d" {
+            7 * DAY
+        } else {
+            DAY
+        };
+        assert!(
+            k.is_final && k.window_end - k.window_start == size,
+            "{}: {key}",
+            o.label
+        );
     }
 }
 
@@ -166,10 +182,16 @@ fn assert_kpis(o: &Outcome, table: &str) {
 /// (offset from T0)`. The kind is the id's prefix.
 fn assert_deviations(o: &Outcome, table: &str) {
     for row in rows(table) {
-        let [id, severity, at] = row[..] else { panic!("bad deviation row {row:?}") };
+        let [id, severity, at] = row[..] else {
+            panic!("bad deviation row {row:?}")
+        };
         let id = expand(id);
         let prefix = id.split(':').next().unwrap_or_default();
-        let kind = ALL_KINDS.iter().copied().find(|k| k.as_str() == prefix).expect("known kind");
+        let kind = ALL_KINDS
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == prefix)
+            .expect("known kind");
         let severity = match severity {
             "info" => S::Info,
             "warning" => S::Warning,
@@ -179,6 +201,9 @@ fn assert_deviations(o: &Outcome, table: &str) {
         o.assert_deviation(&id, kind, severity, T0 + offset(at));
     }
 }
+
+/// The deviations fired by order timers.
+const TIMER_KINDS: &[D] = &[D::SlaShipBreach, D::SlaDeliveryBreach, D::FulfillmentGap];
 
 const ALL_KINDS: [D; 11] = [
     D::SlaShipBreach,
@@ -193,6 +218,10 @@ const ALL_KINDS: [D; 11] = [
     D::KpiThresholdBreach,
     D::KpiAnomaly,
 ];
+
+fn assert_ids(o: &Outcome, kinds: &[D], want: &[&str]) {
+    assert_eq!(ids_of(o, kinds), want, "{}", o.label);
+}
 
 fn ids_of(o: &Outcome, kinds: &[D]) -> Vec<String> {
     let mut ids: Vec<String> = o
@@ -209,16 +238,16 @@ fn ids_of(o: &Outcome, kinds: &[D]) -> Vec<String> {
 /// +3h (East; the others West).
 #[test]
 fn delivery_kpis_on_time_late_delay_p95_otif() {
-    let promised = T0 + 3 * DAY + 12 * HOUR;
+    let promised = T0 + offset("3d12h");
     let mut evs = Vec::new();
-    for (o, delay_h, qty, region) in [
-        ("o1", -2, 2, "West"),
-        ("o2", -1, 1, "West"),
-        ("o3", 0, 2, "West"),
-        ("o4", 1, 2, "West"),
-    ]
-    .into_iter()
-    .chain([("o5", 3, 2, "East")])
+    let orders = [
+        ("o1", "-2h", 2, "West"),
+        ("o2", "-1h", 1, "West"),
+        ("o3", "0", 2, "West"),
+    ];
+    for (o, delay, qty, region) in orders
+        .into_iter()
+        .chain([("o4", "1h", 2, "West"), ("o5", "3h", 2, "East")])
     {
         evs.push(new_order(o, T0 + HOUR, promised, &in_region(region)));
         evs.push(ev(
@@ -228,169 +257,44 @@ fn delivery_kpis_on_time_late_delay_p95_otif() {
             T0 + DAY,
             r#","carrier":"UPS","qty":2"#,
         ));
-        let delivered = promised + delay_h * HOUR;
-        evs.push(ev(
-            o,
-            "d",
-            "delivered",
-            delivered,
-            &format!(r#","qty":{qty}"#),
-        ));
+        let qty = format!(r#","qty":{qty}"#);
+        evs.push(ev(o, "d", "delivered", promised + offset(delay), &qty));
     }
-    let day3 = T0 + 3 * DAY;
     check(&one_partition(evs), |o| {
+        // order_to_delivery: (3d 11h + delay) per order, 83 h + 0.2 h on average.
         assert_kpis(
             o,
-            &[
-                ("on_time_rate", "", day3, Some(0.6), 3, 5, K::Critical),
-                (
-                    "on_time_rate",
-                    "region=West",
-                    day3,
-                    Some(0.75),
-                    3,
-                    4,
-                    K::Critical,
-                ),
-                (
-                    "on_time_rate",
-                    "region=East",
-                    day3,
-                    Some(0.0),
-                    0,
-                    1,
-                    K::Critical,
-                ),
-                (
-                    "on_time_rate",
-                    "carrier=UPS",
-                    day3,
-                    Some(0.6),
-                    3,
-                    5,
-                    K::Critical,
-                ),
-                ("late_deliveries", "", day3, Some(2.0), 2, 2, K::Unrated),
-                (
-                    "late_deliveries",
-                    "region=West",
-                    day3,
-                    Some(1.0),
-                    1,
-                    1,
-                    K::Unrated,
-                ),
-                (
-                    "avg_delivery_delay_hours",
-                    "",
-                    day3,
-                    Some(0.2),
-                    HOUR,
-                    5,
-                    K::Unrated,
-                ),
-                (
-                    "avg_delivery_delay_hours",
-                    "region=West",
-                    day3,
-                    Some(-0.5),
-                    -2 * HOUR,
-                    4,
-                    K::Unrated,
-                ),
-                (
-                    "p95_delivery_delay_hours",
-                    "",
-                    day3,
-                    Some(3.0),
-                    3 * HOUR,
-                    5,
-                    K::Unrated,
-                ),
-                (
-                    "p95_delivery_delay_hours",
-                    "region=West",
-                    day3,
-                    Some(1.0),
-                    HOUR,
-                    4,
-                    K::Unrated,
-                ),
-                ("otif_rate", "", day3, Some(0.4), 2, 5, K::Unrated),
-                // (3d 11h + delay) per order: 83 h + 0.2 h on average.
-                (
-                    "order_to_delivery_hours",
-                    "",
-                    day3,
-                    Some(83.2),
-                    415 * HOUR + HOUR,
-                    5,
-                    K::Unrated,
-                ),
-                (
-                    "order_to_ship_hours",
-                    "",
-                    T0 + DAY,
-                    Some(23.0),
-                    5 * 23 * HOUR,
-                    5,
-                    K::Ok,
-                ),
-                ("refund_rate", "", day3, Some(0.0), 0, 5, K::Unrated),
-                (
-                    "order_value",
-                    "region=West",
-                    T0,
-                    Some(400.0),
-                    40_000,
-                    4,
-                    K::Unrated,
-                ),
-            ],
+            "
+            on_time_rate             |             | 3d | 0.6   | 3    | 5 | critical
+            on_time_rate             | region=West | 3d | 0.75  | 3    | 4 | critical
+            on_time_rate             | region=East | 3d | 0.0   | 0    | 1 | critical
+            on_time_rate             | carrier=UPS | 3d | 0.6   | 3    | 5 | critical
+            late_deliveries          |             | 3d | 2.0   | 2    | 2 | unrated
+            late_deliveries          | region=West | 3d | 1.0   | 1    | 1 | unrated
+            avg_delivery_delay_hours |             | 3d | 0.2   | 1h   | 5 | unrated
+            avg_delivery_delay_hours | region=West | 3d | -0.5  | -2h  | 4 | unrated
+            p95_delivery_delay_hours |             | 3d | 3.0   | 3h   | 5 | unrated
+            p95_delivery_delay_hours | region=West | 3d | 1.0   | 1h   | 4 | unrated
+            otif_rate                |             | 3d | 0.4   | 2    | 5 | unrated
+            order_to_delivery_hours  |             | 3d | 83.2  | 416h | 5 | unrated
+            order_to_ship_hours      |             | 1d | 23.0  | 115h | 5 | ok
+            refund_rate              |             | 3d | 0.0   | 0    | 5 | unrated
+            order_value              | region=West | 0  | 400.0 | 40000| 4 | unrated
+            ",
         );
-        assert!(!o.has_kpi(&format!("late_deliveries|region=West|{}", T0 + 2 * DAY)));
+        assert!(!o.has_kpi(&expand("late_deliveries|region=West|@2d")));
         // Exactly one late delivery is past the 2 h grace; one was partial.
-        assert_eq!(
-            ids_of(o, &[D::SlaDeliveryBreach]),
-            ["sla_delivery_breach:o5"],
-            "{}",
-            o.label
-        );
-        assert_eq!(
-            ids_of(o, &[D::PartialDelivery]),
-            ["partial_delivery:o2"],
-            "{}",
-            o.label
-        );
-        assert!(
-            ids_of(o, &[D::SlaShipBreach, D::FulfillmentGap]).is_empty(),
-            "{}",
-            o.label
-        );
-        let breach = |dims: &str| format!("kpi_threshold_breach:on_time_rate:{dims}:{day3}");
+        assert_ids(o, &[D::SlaDeliveryBreach], &["sla_delivery_breach:o5"]);
+        assert_ids(o, &[D::PartialDelivery], &["partial_delivery:o2"]);
+        assert_ids(o, &[D::SlaShipBreach, D::FulfillmentGap], &[]);
         assert_deviations(
             o,
-            &[
-                (
-                    "sla_delivery_breach:o5",
-                    D::SlaDeliveryBreach,
-                    S::Critical,
-                    promised + 2 * HOUR,
-                ),
-                (
-                    "partial_delivery:o2",
-                    D::PartialDelivery,
-                    S::Warning,
-                    promised - HOUR,
-                ),
-                (&breach(""), D::KpiThresholdBreach, S::Critical, day3 + DAY),
-                (
-                    &breach("region=East"),
-                    D::KpiThresholdBreach,
-                    S::Critical,
-                    day3 + DAY,
-                ),
-            ],
+            "
+            sla_delivery_breach:o5                          | critical | 3d14h
+            partial_delivery:o2                             | warning  | 3d11h
+            kpi_threshold_breach:on_time_rate::@3d          | critical | 4d
+            kpi_threshold_breach:on_time_rate:region=East:@3d | critical | 4d
+            ",
         );
     });
 }
@@ -421,81 +325,38 @@ fn sla_breaches_and_fulfillment_gap() {
         new_order("x", c, T0 + 8 * DAY, &west()),
         ev("x", "x", "cancelled", T0 + 2 * DAY, ""),
     ];
-    let gap_at = T0 + DAY + 4 * DAY + 12 * HOUR;
     check(&one_partition(evs), |o| {
+        let fired = ids_of(o, TIMER_KINDS);
+        let want = [
+            "fulfillment_gap:g",
+            "sla_delivery_breach:a",
+            "sla_delivery_breach:g",
+        ];
         assert_eq!(
-            ids_of(
-                o,
-                &[D::SlaShipBreach, D::SlaDeliveryBreach, D::FulfillmentGap]
-            ),
-            [
-                "fulfillment_gap:g",
-                "sla_delivery_breach:a",
-                "sla_delivery_breach:g",
-                "sla_ship_breach:a",
-                "sla_ship_breach:b"
-            ],
-            "{}",
-            o.label
+            fired,
+            [&want[..], &["sla_ship_breach:a", "sla_ship_breach:b"]].concat()
         );
         assert_deviations(
             o,
-            &[
-                (
-                    "sla_ship_breach:a",
-                    D::SlaShipBreach,
-                    S::Warning,
-                    c + 6 * DAY,
-                ),
-                (
-                    "sla_ship_breach:b",
-                    D::SlaShipBreach,
-                    S::Warning,
-                    c + 6 * DAY,
-                ),
-                (
-                    "sla_delivery_breach:a",
-                    D::SlaDeliveryBreach,
-                    S::Critical,
-                    T0 + 8 * DAY + 2 * HOUR,
-                ),
-                (
-                    "sla_delivery_breach:g",
-                    D::SlaDeliveryBreach,
-                    S::Critical,
-                    T0 + 10 * DAY + 2 * HOUR,
-                ),
-                ("fulfillment_gap:g", D::FulfillmentGap, S::Warning, gap_at),
-            ],
+            "
+            sla_ship_breach:a     | warning  | 6d1h
+            sla_ship_breach:b     | warning  | 6d1h
+            sla_delivery_breach:a | critical | 8d2h
+            sla_delivery_breach:g | critical | 10d2h
+            fulfillment_gap:g     | warning  | 5d12h
+            ",
         );
         assert_eq!(
             o.deviation("fulfillment_gap:g").order_id.as_deref(),
             Some("g")
         );
-        let gap_day = T0 + 5 * DAY;
         assert_kpis(
             o,
-            &[
-                ("fulfillment_gaps", "", gap_day, Some(1.0), 1, 1, K::Unrated),
-                (
-                    "fulfillment_gaps",
-                    "carrier=FedEx",
-                    gap_day,
-                    Some(1.0),
-                    1,
-                    1,
-                    K::Unrated,
-                ),
-                (
-                    "fulfillment_gaps",
-                    "region=West",
-                    gap_day,
-                    Some(1.0),
-                    1,
-                    1,
-                    K::Unrated,
-                ),
-            ],
+            "
+            fulfillment_gaps |               | 5d | 1.0 | 1 | 1 | unrated
+            fulfillment_gaps | carrier=FedEx | 5d | 1.0 | 1 | 1 | unrated
+            fulfillment_gaps | region=West   | 5d | 1.0 | 1 | 1 | unrated
+            ",
         );
         let gaps = o
             .final_kpis
@@ -523,52 +384,24 @@ fn payment_failed_fires_again_only_after_resolution() {
         ),
     ];
     check(&one_partition(evs), |o| {
-        let ids = ids_of(o, &[D::PaymentFailed]);
-        assert_eq!(
-            ids,
-            ["payment_failed:p:1", "payment_failed:p:2"],
-            "{}",
-            o.label
+        assert_ids(
+            o,
+            &[D::PaymentFailed],
+            &["payment_failed:p:1", "payment_failed:p:2"],
         );
         assert_deviations(
             o,
-            &[
-                (
-                    "payment_failed:p:1",
-                    D::PaymentFailed,
-                    S::Warning,
-                    T0 + 2 * HOUR,
-                ),
-                (
-                    "payment_failed:p:2",
-                    D::PaymentFailed,
-                    S::Warning,
-                    T0 + 5 * HOUR,
-                ),
-            ],
+            "
+            payment_failed:p:1 | warning | 2h
+            payment_failed:p:2 | warning | 5h
+            ",
         );
         assert_kpis(
             o,
-            &[
-                (
-                    "payment_failure_rate",
-                    "",
-                    T0,
-                    Some(0.75),
-                    3,
-                    4,
-                    K::Critical,
-                ),
-                (
-                    "payment_failure_rate",
-                    "segment=Consumer",
-                    T0,
-                    Some(0.75),
-                    3,
-                    4,
-                    K::Critical,
-                ),
-            ],
+            "
+            payment_failure_rate |                  | 0 | 0.75 | 3 | 4 | critical
+            payment_failure_rate | segment=Consumer | 0 | 0.75 | 3 | 4 | critical
+            ",
         );
     });
 }
@@ -604,52 +437,24 @@ fn carrier_exception_fires_again_only_after_resolution() {
         ev("e", "d", "delivered", s + 2 * DAY, ""),
     ];
     check(&one_partition(evs), |o| {
-        let ids = ids_of(o, &[D::CarrierException]);
-        assert_eq!(
-            ids,
-            ["carrier_exception:e:1", "carrier_exception:e:2"],
-            "{}",
-            o.label
+        assert_ids(
+            o,
+            &[D::CarrierException],
+            &["carrier_exception:e:1", "carrier_exception:e:2"],
         );
         assert_deviations(
             o,
-            &[
-                (
-                    "carrier_exception:e:1",
-                    D::CarrierException,
-                    S::Warning,
-                    s + 2 * HOUR,
-                ),
-                (
-                    "carrier_exception:e:2",
-                    D::CarrierException,
-                    S::Warning,
-                    s + DAY,
-                ),
-            ],
+            "
+            carrier_exception:e:1 | warning | 1d2h
+            carrier_exception:e:2 | warning | 2d
+            ",
         );
         assert_kpis(
             o,
-            &[
-                (
-                    "carrier_exceptions",
-                    "carrier=UPS",
-                    s,
-                    Some(2.0),
-                    2,
-                    2,
-                    K::Unrated,
-                ),
-                (
-                    "carrier_exceptions",
-                    "",
-                    s + DAY,
-                    Some(1.0),
-                    1,
-                    1,
-                    K::Unrated,
-                ),
-            ],
+            "
+            carrier_exceptions | carrier=UPS | 1d | 2.0 | 2 | 2 | unrated
+            carrier_exceptions |             | 2d | 1.0 | 1 | 1 | unrated
+            ",
         );
     });
 }
@@ -701,33 +506,13 @@ fn partial_delivery_refunds_and_tickets() {
     check(&one_partition(evs), |o| {
         assert_deviations(
             o,
-            &[
-                ("partial_delivery:r", D::PartialDelivery, S::Warning, d),
-                (
-                    "refund_requested:r:r-r1",
-                    D::RefundRequested,
-                    S::Critical,
-                    d + HOUR,
-                ),
-                (
-                    "refund_requested:r:r-r2",
-                    D::RefundRequested,
-                    S::Info,
-                    d + 2 * HOUR,
-                ),
-                (
-                    "refund_requested:r:r-r3",
-                    D::RefundRequested,
-                    S::Critical,
-                    d + 3 * HOUR,
-                ),
-                (
-                    "ticket_raised:r:r-t",
-                    D::TicketRaised,
-                    S::Info,
-                    T0 + 5 * HOUR,
-                ),
-            ],
+            "
+            partial_delivery:r      | warning  | 3d
+            refund_requested:r:r-r1 | critical | 3d1h
+            refund_requested:r:r-r2 | info     | 3d2h
+            refund_requested:r:r-r3 | critical | 3d3h
+            ticket_raised:r:r-t     | info     | 5h
+            ",
         );
         assert_eq!(o.deviations_of(D::RefundRequested).len(), 3);
         assert_eq!(
@@ -737,19 +522,11 @@ fn partial_delivery_refunds_and_tickets() {
         // Three refund/return facts per one delivery; one ticket per one order.
         assert_kpis(
             o,
-            &[
-                ("refund_rate", "region=West", d, Some(3.0), 3, 1, K::Unrated),
-                (
-                    "ticket_rate",
-                    "segment=Consumer",
-                    T0,
-                    Some(1.0),
-                    1,
-                    1,
-                    K::Unrated,
-                ),
-                ("otif_rate", "", d, Some(0.0), 0, 1, K::Unrated),
-            ],
+            "
+            refund_rate | region=West      | 3d | 3.0 | 3 | 1 | unrated
+            ticket_rate | segment=Consumer | 0  | 1.0 | 1 | 1 | unrated
+            otif_rate   |                  | 3d | 0.0 | 0 | 1 | unrated
+            ",
         );
     });
 }
@@ -770,7 +547,7 @@ fn predicted_delay_warning_then_critical_and_straight_to_critical() {
         ev("m", "s", "shipped", T0 + 2 * DAY, UPS),
     ];
     let input = one_partition(evs);
-    let crossing = T0 + 6 * DAY + 10 * HOUR + 24 * MIN;
+    let crossing = T0 + offset("6d10h24m");
     check(&input, |o| {
         let crit = o.deviation("predicted_delay:k:critical");
         let c = crit.event_time;
@@ -783,26 +560,11 @@ fn predicted_delay_warning_then_critical_and_straight_to_critical() {
         );
         assert_deviations(
             o,
-            &[
-                (
-                    "predicted_delay:k:warning",
-                    D::PredictedDelay,
-                    S::Warning,
-                    T0,
-                ),
-                (
-                    "predicted_delay:j:critical",
-                    D::PredictedDelay,
-                    S::Critical,
-                    T0 + HOUR,
-                ),
-                (
-                    "predicted_delay:m:warning",
-                    D::PredictedDelay,
-                    S::Warning,
-                    T0,
-                ),
-            ],
+            "
+            predicted_delay:k:warning  | warning  | 0
+            predicted_delay:j:critical | critical | 1h
+            predicted_delay:m:warning  | warning  | 0
+            ",
         );
         assert_eq!(ids_of(o, &[D::PredictedDelay]).len(), 4, "{}", o.label);
         let scores = |order: &str| -> Vec<(i64, i64)> {
@@ -829,12 +591,12 @@ fn predicted_delay_warning_then_critical_and_straight_to_critical() {
         );
         // segment_risk_score: day 0 has k, j and m's creation scores; day 6 k's band check.
         assert_eq!(
-            o.kpi(&format!("segment_risk_score||{T0}")).denominator,
+            o.kpi(&expand("segment_risk_score||@0")).denominator,
             3,
             "{}",
             o.label
         );
-        let day6 = o.kpi(&format!("segment_risk_score||{}", T0 + 6 * DAY));
+        let day6 = o.kpi(&expand("segment_risk_score||@6d"));
         assert_eq!(
             (day6.numerator, day6.denominator),
             (k[1].1, 1),
@@ -877,54 +639,31 @@ fn predicted_delay_warning_then_critical_and_straight_to_critical() {
     );
 }
 
-/// A mean above its warn level breaches at window close, in each of its series.
+/// A mean above its warn level (80 h order-to-ship: >= 72 h, < 120 h) breaches at window close,
+/// in each of its series.
 #[test]
 fn kpi_threshold_breach_warn_and_critical() {
     let c = T0 + HOUR;
     let evs = vec![
-        // 80 h order-to-ship: warn (>= 72 h, < 120 h).
         new_order("s", c, T0 + 6 * DAY, &west()),
         ev("s", "s", "shipped", c + 80 * HOUR, UPS),
         ev("s", "d", "delivered", T0 + 5 * DAY, ""),
     ];
-    let day = T0 + 3 * DAY;
     check(&one_partition(evs), |o| {
         assert_kpis(
             o,
-            &[
-                (
-                    "order_to_ship_hours",
-                    "",
-                    day,
-                    Some(80.0),
-                    80 * HOUR,
-                    1,
-                    K::Warn,
-                ),
-                (
-                    "order_to_ship_hours",
-                    "warehouse=WH-A",
-                    day,
-                    Some(80.0),
-                    80 * HOUR,
-                    1,
-                    K::Warn,
-                ),
-                ("on_time_rate", "", T0 + 5 * DAY, Some(1.0), 1, 1, K::Ok),
-            ],
+            "
+            order_to_ship_hours |                | 3d | 80.0 | 80h | 1 | warn
+            order_to_ship_hours | warehouse=WH-A | 3d | 80.0 | 80h | 1 | warn
+            on_time_rate        |                | 5d | 1.0  | 1   | 1 | ok
+            ",
         );
-        let breach = |dims: &str| format!("kpi_threshold_breach:order_to_ship_hours:{dims}:{day}");
         assert_deviations(
             o,
-            &[
-                (&breach(""), D::KpiThresholdBreach, S::Warning, day + DAY),
-                (
-                    &breach("warehouse=WH-A"),
-                    D::KpiThresholdBreach,
-                    S::Warning,
-                    day + DAY,
-                ),
-            ],
+            "
+            kpi_threshold_breach:order_to_ship_hours::@3d               | warning | 4d
+            kpi_threshold_breach:order_to_ship_hours:warehouse=WH-A:@3d | warning | 4d
+            ",
         );
         let breaches = ids_of(o, &[D::KpiThresholdBreach]);
         let of = |kpi: &str| breaches.iter().filter(|id| id.contains(kpi)).count();
@@ -954,7 +693,6 @@ fn kpi_anomaly_against_trailing_baseline() {
         };
         evs.push(ev(&o, "d", "delivered", at, ""));
     }
-    let day6 = T0 + 6 * DAY;
     check(&one_partition(evs), |o| {
         let values: Vec<Option<f64>> = o
             .series("on_time_rate", "")
@@ -967,18 +705,12 @@ fn kpi_anomaly_against_trailing_baseline() {
             "{}",
             o.label
         );
-        let anomaly = |dims: &str| format!("kpi_anomaly:on_time_rate:{dims}:{day6}");
         assert_deviations(
             o,
-            &[
-                (&anomaly(""), D::KpiAnomaly, S::Warning, day6 + DAY),
-                (
-                    &anomaly("region=West,ship_mode=Standard Class"),
-                    D::KpiAnomaly,
-                    S::Warning,
-                    day6 + DAY,
-                ),
-            ],
+            "
+            kpi_anomaly:on_time_rate::@6d                                    | warning | 7d
+            kpi_anomaly:on_time_rate:region=West,ship_mode=Standard Class:@6d | warning | 7d
+            ",
         );
         // One per dimension set of on_time_rate (7), none earlier (fewer than 4 baseline values).
         let anomalies = ids_of(o, &[D::KpiAnomaly]);
@@ -986,7 +718,7 @@ fn kpi_anomaly_against_trailing_baseline() {
         assert!(anomalies
             .iter()
             .all(|id| id.starts_with("kpi_anomaly:on_time_rate:")));
-        assert!(anomalies.iter().all(|id| id.ends_with(&format!(":{day6}"))));
+        assert!(anomalies.iter().all(|id| id.ends_with(&expand(":@6d"))));
     });
 }
 
@@ -994,7 +726,7 @@ fn kpi_anomaly_against_trailing_baseline() {
 /// one tick earlier is late, counted and otherwise ignored.
 #[test]
 fn late_events_are_counted_and_excluded() {
-    let frontier = T0 + 7 * HOUR + 30 * MIN;
+    let frontier = T0 + offset("7h30m");
     let p0 = vec![
         new_order("l", T0 + HOUR, T0 + 5 * DAY, &west()).line,
         ev("z", "t", "ticket_raised", T0 + 10 * HOUR, "").line,
@@ -1012,7 +744,7 @@ fn late_events_are_counted_and_excluded() {
         assert_eq!(o.late, 1, "{}", o.label);
         let late = (0, 3, "l-d".to_string(), "l".to_string(), frontier - 1000);
         assert_eq!(o.late_events, [late], "{}", o.label);
-        o.assert_deviation("payment_failed:l:1", D::PaymentFailed, S::Warning, frontier);
+        assert_deviations(o, "payment_failed:l:1 | warning | 7h30m");
         // l was never delivered: only m's delivery counts.
         let deliveries: i64 = o
             .series("on_time_rate", "")
@@ -1020,10 +752,7 @@ fn late_events_are_counted_and_excluded() {
             .map(|k| k.denominator)
             .sum();
         assert_eq!(deliveries, 1, "{}", o.label);
-        assert_kpis(
-            o,
-            &[("on_time_rate", "", T0 + 3 * DAY, Some(1.0), 1, 1, K::Ok)],
-        );
+        assert_kpis(o, "on_time_rate | | 3d | 1.0 | 1 | 1 | ok");
         assert!(o.has_deviation("ticket_raised:z:z-t"));
         assert_eq!((o.duplicates, o.dead_lettered), (0, 0));
     });
@@ -1048,31 +777,17 @@ fn duplicates_are_no_ops() {
     let p1 = in_ts_order(vec![f]);
     check(&MemoryPartitions::new("dups", [p0, p1]), |o| {
         assert_eq!((o.duplicates, o.late), (3, 0), "{}", o.label);
-        let day3 = T0 + 3 * DAY;
         assert_kpis(
             o,
-            &[
-                ("on_time_rate", "", day3, Some(1.0), 1, 1, K::Ok),
-                (
-                    "avg_delivery_delay_hours",
-                    "",
-                    day3,
-                    Some(-48.0),
-                    -2 * DAY,
-                    1,
-                    K::Unrated,
-                ),
-                ("payment_failure_rate", "", T0, Some(1.0), 1, 1, K::Critical),
-                ("order_value", "", T0, Some(100.0), 10_000, 1, K::Unrated),
-                ("ticket_rate", "", T0, Some(0.0), 0, 1, K::Unrated),
-            ],
+            "
+            on_time_rate             | | 3d | 1.0   | 1     | 1 | ok
+            avg_delivery_delay_hours | | 3d | -48.0 | -2d   | 1 | unrated
+            payment_failure_rate     | | 0  | 1.0   | 1     | 1 | critical
+            order_value              | | 0  | 100.0 | 10000 | 1 | unrated
+            ticket_rate              | | 0  | 0.0   | 0     | 1 | unrated
+            ",
         );
-        assert_eq!(
-            ids_of(o, &[D::PaymentFailed]),
-            ["payment_failed:d:1"],
-            "{}",
-            o.label
-        );
+        assert_ids(o, &[D::PaymentFailed], &["payment_failed:d:1"]);
     });
 }
 
@@ -1108,18 +823,10 @@ fn malformed_lines_are_dead_lettered_and_the_rest_processed() {
         );
         assert_kpis(
             o,
-            &[
-                ("on_time_rate", "", T0 + 3 * DAY, Some(1.0), 1, 1, K::Ok),
-                (
-                    "order_to_ship_hours",
-                    "",
-                    T0 + DAY,
-                    Some(23.0),
-                    23 * HOUR,
-                    1,
-                    K::Ok,
-                ),
-            ],
+            "
+            on_time_rate        | | 3d | 1.0  | 1   | 1 | ok
+            order_to_ship_hours | | 1d | 23.0 | 23h | 1 | ok
+            ",
         );
     });
 }
@@ -1158,7 +865,7 @@ fn backlog_gauge_levels() {
             o.label
         );
         assert_eq!(levels("warehouse=WH-B"), [(0, 1), (1, 0)], "{}", o.label);
-        assert_kpis(o, &[("open_backlog", "", T0, Some(3.0), 3, 1, K::Unrated)]);
+        assert_kpis(o, "open_backlog | | 0 | 3.0 | 3 | 1 | unrated");
     });
 }
 
@@ -1189,18 +896,7 @@ fn sliding_window_membership() {
         let west = o.series("on_time_rate_7d", "region=West");
         let starts: Vec<i64> = west.iter().map(|k| (k.window_start - T0) / DAY).collect();
         assert_eq!(starts, (4..=10).collect::<Vec<_>>(), "{}", o.label);
-        assert_kpis(
-            o,
-            &[(
-                "on_time_rate_7d",
-                "",
-                T0 + 8 * DAY,
-                Some(0.5),
-                1,
-                2,
-                K::Critical,
-            )],
-        );
+        assert_kpis(o, "on_time_rate_7d | | 8d | 0.5 | 1 | 2 | critical");
     });
 }
 
@@ -1224,10 +920,7 @@ fn retired_order_timers_do_not_fire_on_a_new_record() {
         ev("v", "t", "ticket_raised", T0 + 10 * DAY, ""),
     ];
     check(&one_partition(evs), |o| {
-        let timers = ids_of(
-            o,
-            &[D::SlaShipBreach, D::SlaDeliveryBreach, D::FulfillmentGap],
-        );
+        let timers = ids_of(o, TIMER_KINDS);
         assert!(timers.is_empty(), "{}: {timers:?}", o.label);
         assert!(
             o.final_kpis.iter().all(|k| k.kpi != "fulfillment_gaps"),
@@ -1236,26 +929,13 @@ fn retired_order_timers_do_not_fire_on_a_new_record() {
         );
         assert_deviations(
             o,
-            &[
-                (
-                    "ticket_raised:q:q-t",
-                    D::TicketRaised,
-                    S::Info,
-                    T0 + 8 * DAY + 6 * HOUR,
-                ),
-                (
-                    "ticket_raised:v:v-t",
-                    D::TicketRaised,
-                    S::Info,
-                    T0 + 10 * DAY,
-                ),
-            ],
+            "
+            ticket_raised:q:q-t | info | 8d6h
+            ticket_raised:v:v-t | info | 10d
+            ",
         );
         // The tickets belong to records without order_created: global ticket facts, no dims.
-        assert_kpis(
-            o,
-            &[("ticket_rate", "", T0 + 10 * DAY, None, 1, 0, K::Unrated)],
-        );
-        assert!(!o.has_kpi(&format!("ticket_rate|segment=Consumer|{}", T0 + 10 * DAY)));
+        assert_kpis(o, "ticket_rate | | 10d | - | 1 | 0 | unrated");
+        assert!(!o.has_kpi(&expand("ticket_rate|segment=Consumer|@10d")));
     });
 }

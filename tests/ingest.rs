@@ -1,0 +1,125 @@
+//! Ingest behaviour that needs live (non-replay) partitions or wall-clock pacing: an idle
+//! partition stops holding back the watermark, so its late data is late; a scaled replay is
+//! paced by event time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fulfillment_ai::config::PipelineSpec;
+use fulfillment_ai::dataflow::{run_job, JobOptions, Pacing};
+use fulfillment_ai::sources::memory::MemoryPartitions;
+use fulfillment_ai::sources::{PartitionReader, PollStatus, RawBatch, Source};
+
+const T0: i64 = 1_700_006_400_000;
+const HOUR: i64 = 3_600_000;
+
+fn created(order: &str, ts: i64) -> String {
+    format!(
+        r#"{{"v":1,"event_id":"{order}-c","order_id":"{order}","type":"order_created","ts":{ts},"customer_id":"c","segment":"Consumer","region":"West","ship_mode":"Standard Class","warehouse":"WH-W1","amount":10.0,"promised_delivery_ts":{}}}"#,
+        ts + 100 * HOUR
+    )
+}
+
+/// A scripted live partition: idle until `wake_after`, then its events, then idle until
+/// `finish_after`, then finished.
+struct Scripted {
+    partition: u32,
+    started: Instant,
+    wake_after: Duration,
+    finish_after: Duration,
+    events: Vec<String>,
+    next: usize,
+}
+
+impl PartitionReader for Scripted {
+    fn partition(&self) -> u32 {
+        self.partition
+    }
+    fn poll(&mut self, max_events: usize, batch: &mut RawBatch) -> PollStatus {
+        std::thread::sleep(Duration::from_millis(1));
+        let elapsed = self.started.elapsed();
+        if elapsed < self.wake_after {
+            return PollStatus::Idle;
+        }
+        if self.next < self.events.len() {
+            batch.first_offset = self.next as u64;
+            for e in self.events[self.next..].iter().take(max_events) {
+                batch.push(e.as_bytes());
+                self.next += 1;
+            }
+            return PollStatus::Ready;
+        }
+        if elapsed < self.finish_after {
+            PollStatus::Idle
+        } else {
+            PollStatus::Finished
+        }
+    }
+}
+
+struct TwoLivePartitions;
+
+impl Source for TwoLivePartitions {
+    fn partitions(&self) -> u32 {
+        2
+    }
+    fn describe(&self) -> String {
+        "two scripted live partitions".into()
+    }
+    fn readers(&self, worker: usize, peers: usize) -> Vec<Box<dyn PartitionReader>> {
+        let started = Instant::now();
+        let busy = Scripted {
+            partition: 0,
+            started,
+            wake_after: Duration::ZERO,
+            finish_after: Duration::from_millis(900),
+            events: (0..40).map(|i| created(&format!("a{i}"), T0 + i * 15 * 60_000)).collect(),
+            next: 0,
+        };
+        let sleepy = Scripted {
+            partition: 1,
+            started,
+            wake_after: Duration::from_millis(500),
+            finish_after: Duration::from_millis(600),
+            events: vec![created("b0", T0)],
+            next: 0,
+        };
+        [busy, sleepy].into_iter().filter(|s| s.partition as usize % peers == worker).map(|s| Box::new(s) as Box<dyn PartitionReader>).collect()
+    }
+}
+
+#[test]
+fn idle_partition_stops_holding_the_watermark_and_its_old_data_is_late() {
+    let text = include_str!("../pipelines/fulfillment.yaml").replacen("idle_timeout: 30s", "idle_timeout: 100ms", 1);
+    let spec = PipelineSpec::parse(&text, "test.yaml").unwrap();
+    let report = run_job(&spec, Arc::new(TwoLivePartitions), &JobOptions::default()).unwrap();
+    // Partition 0 ran 10 h of event time ahead while partition 1 was idle; partition 1's event
+    // from T0 is behind the worker frontier (T0 + 9h45m - 2h30m) and is late.
+    assert_eq!(report.counters.received, 41);
+    assert_eq!(report.counters.late, 1, "late events: {:?}", report.late_events);
+    assert_eq!(report.late_events[0].order_id, "b0");
+    assert_eq!(report.late_events[0].partition, 1);
+    let orders = report.final_kpis.iter().filter(|k| k.kpi == "order_value" && k.dims.is_empty()).map(|k| k.denominator).sum::<i64>();
+    assert_eq!(orders, 40);
+}
+
+#[test]
+fn without_idleness_the_same_old_event_is_accepted() {
+    // Same events as a finished replay: partition 1 holds the frontier at 0 until it has data.
+    let a: Vec<String> = (0..40).map(|i| created(&format!("a{i}"), T0 + i * 15 * 60_000)).collect();
+    let input = MemoryPartitions::new("replay", [a, vec![created("b0", T0)]]);
+    let report = run_job(&PipelineSpec::builtin(), Arc::new(input), &JobOptions::default()).unwrap();
+    assert_eq!(report.counters.late, 0);
+    assert_eq!(report.counters.accepted, 41);
+}
+
+#[test]
+fn scaled_replay_is_paced_by_event_time() {
+    // Two hours of event time at 3600x must take at least ~2 s of wall time.
+    let events: Vec<String> = (0..=24).map(|i| created(&format!("p{i}"), T0 + i * 5 * 60_000)).collect();
+    let input = MemoryPartitions::new("paced", [events]);
+    let started = Instant::now();
+    let report = run_job(&PipelineSpec::builtin(), Arc::new(input), &JobOptions { pacing: Pacing::Scaled(3600.0), batch_per_partition: 1, ..Default::default() }).unwrap();
+    assert_eq!(report.counters.accepted, 25);
+    assert!(started.elapsed() >= Duration::from_millis(1800), "took only {:?}", started.elapsed());
+}
