@@ -1,7 +1,8 @@
 //! Property: on any small order history, however its events are spread over partitions, shuffled
 //! within the out-of-orderness bound, partly delayed beyond the allowed lateness and partly
-//! duplicated, `run_job` (1 and 2 workers) equals the batch oracle exactly: final KPIs, deviations,
-//! late and duplicate counts, late events, dead letters and risk scores.
+//! duplicated (with a few corrupted lines), `run_job` (1 and 2 workers) equals the batch oracle
+//! exactly: final KPIs, deviations, late and duplicate counts, late events, dead letters and risk
+//! scores.
 //!
 //! Histories are a few regions/modes/warehouses/carriers, mostly lifecycle-shaped step sequences
 //! with odd ones mixed in (no `order_created`, delivery before shipping, repeated kinds, a second
@@ -100,7 +101,8 @@ struct Arrival {
     /// < 6: delayed by `late_by` (usually beyond the allowed lateness).
     late_roll: u8,
     late_by_min: i64,
-    /// < 8: also sent again, `dup_after_min` later, in partition `partition + 1`.
+    /// < 8: also sent again, `dup_after_min` later, in partition `partition + 1`; >= 96: preceded
+    /// by a corrupted copy.
     dup_roll: u8,
     dup_after_min: i64,
 }
@@ -409,6 +411,10 @@ fn arrange(spec: &PipelineSpec, c: &Case) -> MemoryPartitions {
                     e.line.clone(),
                 ));
             }
+            if a.dup_roll >= 96 {
+                // A corrupted copy (cut mid-way) arrives just before the event: a dead letter.
+                placed.push((p, key, seq, e.line[..e.line.len() / 2].to_string()));
+            }
             placed.push((p, key, seq, e.line));
             seq += 1;
         }
@@ -452,7 +458,7 @@ proptest! {
 }
 
 /// The strategy is worth something only if its cases exercise the rules: sampled cases (same
-/// seed every run) must between them have late events, duplicates, several deviation kinds,
+/// seed every run) must between them have late events, duplicates, dead letters, several deviation kinds,
 /// and rated KPI statuses.
 #[test]
 fn strategy_covers_the_rules() {
@@ -460,6 +466,7 @@ fn strategy_covers_the_rules() {
     let strategy = case();
     let mut late = 0;
     let mut dups = 0;
+    let mut dead = 0;
     let mut kinds = std::collections::BTreeSet::new();
     let mut rated = 0;
     let mut breaches = 0;
@@ -469,6 +476,7 @@ fn strategy_covers_the_rules() {
         let o = oracle::recompute(&spec, &arrange(&spec, &c));
         late += o.late;
         dups += o.duplicates;
+        dead += o.dead_lettered;
         kinds.extend(o.deviations.iter().map(|d| d.kind));
         rated += o
             .final_kpis
@@ -482,8 +490,9 @@ fn strategy_covers_the_rules() {
             .count();
     }
     eprintln!(
-        "coverage: late {late} dups {dups} rated {rated} breaches {breaches} kinds {kinds:?}"
+        "coverage: late {late} dups {dups} dead {dead} rated {rated} breaches {breaches} kinds {kinds:?}"
     );
+    assert!(dead >= 5, "dead letters {dead}");
     assert!(late >= 10, "late {late}");
     assert!(dups >= 10, "duplicates {dups}");
     assert!(

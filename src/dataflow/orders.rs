@@ -109,6 +109,9 @@ struct OrderRecord {
     in_backlog: bool,
     risk_open: bool,
     last_ts: i64,
+    /// Distinguishes this record from an earlier, retired record of the same order id, so the
+    /// earlier record's timers do not fire against it.
+    generation: u64,
     /// Hashes of processed event ids (64-bit FxHash; a collision would drop an event).
     seen: SmallVec<[u64; 8]>,
 }
@@ -125,7 +128,8 @@ pub struct OrderState {
     clock: TickClock,
     orders: FxHashMap<CompactString, OrderRecord>,
     stash: BTreeMap<u64, Vec<OrderEvent>>,
-    timers: BTreeMap<u64, Vec<(i64, TimerKind, CompactString)>>,
+    timers: BTreeMap<u64, Vec<(i64, TimerKind, CompactString, u64)>>,
+    next_generation: u64,
     /// Gauge KPIs: (kpi index, dimension sets).
     gauges: Vec<(u16, Vec<Vec<crate::model::facts::Dimension>>)>,
     touched: FxHashSet<CompactString>,
@@ -155,6 +159,7 @@ impl OrderState {
             orders: FxHashMap::default(),
             stash: BTreeMap::new(),
             timers: BTreeMap::new(),
+            next_generation: 0,
             gauges,
             touched: FxHashSet::default(),
         }
@@ -207,18 +212,20 @@ impl OrderState {
         self.touched = touched;
         if let Some(mut due) = self.timers.remove(&tick) {
             due.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
-            for (deadline, kind, order_id) in due {
-                self.fire_timer(tick, deadline, kind, &order_id, out);
+            for (deadline, kind, order_id, generation) in due {
+                if self.orders.get(&order_id).is_some_and(|r| r.generation == generation) {
+                    self.fire_timer(tick, deadline, kind, &order_id, out);
+                }
             }
         }
     }
 
-    fn schedule(&mut self, deadline: i64, kind: TimerKind, order_id: &CompactString) {
+    fn schedule(&mut self, deadline: i64, kind: TimerKind, order_id: &CompactString, generation: u64) {
         let tick = self.clock.tick_of(deadline);
         self.timers
             .entry(tick)
             .or_default()
-            .push((deadline, kind, order_id.clone()));
+            .push((deadline, kind, order_id.clone(), generation));
     }
 
     fn retention_deadline(&self, r: &OrderRecord) -> i64 {
@@ -232,7 +239,11 @@ impl OrderState {
 
     fn apply(&mut self, tick: u64, e: OrderEvent, out: &mut OrderOutputs) {
         let id_hash = hash_str(&e.event_id);
-        let rec = self.orders.entry(e.order_id.clone()).or_default();
+        let next_generation = &mut self.next_generation;
+        let rec = self.orders.entry(e.order_id.clone()).or_insert_with(|| {
+            *next_generation += 1;
+            OrderRecord { generation: *next_generation, ..OrderRecord::default() }
+        });
         if rec.seen.contains(&id_hash) {
             out.duplicates += 1;
             return;
@@ -510,10 +521,11 @@ impl OrderState {
             let dims = rec.dims.clone();
             self.emit_backlog(tick, &dims, backlog_change, out);
         }
-        let retention = self.retention_deadline(&self.orders[&e.order_id]);
-        timers.push((retention, TimerKind::Retention));
+        let rec = &self.orders[&e.order_id];
+        let generation = rec.generation;
+        timers.push((self.retention_deadline(rec), TimerKind::Retention));
         for (deadline, kind) in timers {
-            self.schedule(deadline, kind, &e.order_id);
+            self.schedule(deadline, kind, &e.order_id, generation);
         }
     }
 

@@ -503,7 +503,7 @@ impl Sim<'_> {
                 let f = self.fact(FactKind::Delivery, ts, r);
                 let mut on_time = false;
                 if let Some(c) = &created {
-                    on_time = ts < c.promised_ts;
+                    on_time = ts <= c.promised_ts;
                     f.set_flag(FactFlag::HasPromise, true);
                     f.set_flag(FactFlag::OnTime, on_time);
                     f.set_flag(FactFlag::Late, !on_time);
