@@ -181,17 +181,6 @@ pub fn run_dataflow(
     }
 }
 
-/// The oracle and the dataflow with each worker count, oracle first.
-pub fn all_outcomes(
-    spec: &PipelineSpec,
-    input: &MemoryPartitions,
-    workers: &[usize],
-) -> Vec<Outcome> {
-    let mut v = vec![Outcome::from_oracle(&crate::oracle::recompute(spec, input))];
-    v.extend(workers.iter().map(|&w| run_dataflow(spec, input, w, false)));
-    v
-}
-
 fn close(a: f64, b: f64) -> bool {
     a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
 }
