@@ -21,9 +21,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::error::SourceError;
-use super::generator::{
-    mix64, pick, put_tracking, simulate, Plan, Step, Undisturbed, CARRIERS, DAY, MINUTE, OTHER,
-    REGIONS, SHIP_MODES, WAREHOUSES,
+use super::generator::json::put_tracking;
+use super::generator::lifecycle::{
+    mix64, pick, simulate, Plan, Step, Undisturbed, CARRIERS, DAY, MINUTE, OTHER, REGIONS,
+    SHIP_MODES, WAREHOUSES,
 };
 use super::memory::MemoryPartitions;
 use super::partition_of;
