@@ -99,6 +99,16 @@ pub struct RiskQuality {
     pub auc_max_before_outcome: f64,
     pub warn: BandQuality,
     pub critical: BandQuality,
+    /// For late orders that got a warning: median hours between the first warning and the promise.
+    pub median_warning_lead_hours: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,12 +119,17 @@ pub struct BandQuality {
     pub recall: f64,
 }
 
-/// Outcome of an order from the raw input: (promised_ts, shipped_ts, delivered_ts).
-fn outcomes(input: &MemoryPartitions) -> HashMap<String, (i64, Option<i64>, Option<i64>, bool)> {
-    let mut out: HashMap<String, (i64, Option<i64>, Option<i64>, bool)> = HashMap::new();
+/// Outcome of an order from the raw input: (promised_ts, shipped_ts, delivered_ts, cancelled),
+/// and the latest event time of the input.
+type Outcome = (i64, Option<i64>, Option<i64>, bool);
+
+fn outcomes(input: &MemoryPartitions) -> (HashMap<String, Outcome>, i64) {
+    let mut out: HashMap<String, Outcome> = HashMap::new();
+    let mut latest = i64::MIN;
     for p in 0..input.partitions_len() {
         for raw in input.partition_events(p) {
             let Ok(e) = decode_event(raw) else { continue };
+            latest = latest.max(e.ts);
             let entry = out
                 .entry(e.order_id.to_string())
                 .or_insert((i64::MAX, None, None, false));
@@ -129,7 +144,7 @@ fn outcomes(input: &MemoryPartitions) -> HashMap<String, (i64, Option<i64>, Opti
             }
         }
     }
-    out
+    (out, latest)
 }
 
 /// ROC-AUC by the rank-sum formula (ties count one half).
@@ -163,21 +178,24 @@ pub fn risk_quality(
     input: &MemoryPartitions,
     scores: &[RiskScore],
 ) -> RiskQuality {
-    let outcomes = outcomes(input);
+    let (outcomes, latest) = outcomes(input);
     let mut by_order: HashMap<&str, Vec<&RiskScore>> = HashMap::new();
     for s in scores {
         by_order.entry(s.order_id.as_str()).or_default().push(s);
     }
     let mut at_ship = Vec::new();
     let mut max_before = Vec::new();
+    let mut lead_hours: Vec<f64> = Vec::new();
     for (order, list) in by_order {
         let Some(&(promised, shipped, delivered, cancelled)) = outcomes.get(order) else {
             continue;
         };
-        if cancelled || promised == i64::MAX {
+        // Unknown outcomes are skipped: cancelled, no promise, or the input ends before either
+        // the delivery or the promise.
+        if cancelled || promised == i64::MAX || (delivered.is_none() && promised >= latest) {
             continue;
         }
-        // Late: delivered after the promise, or never delivered.
+        // Late: delivered after the promise, or not delivered by it.
         let late = delivered.is_none_or(|d| d > promised);
         let known_at = delivered.unwrap_or(promised).min(promised);
         let before: Vec<&&RiskScore> = list.iter().filter(|s| s.now < known_at).collect();
@@ -186,6 +204,17 @@ pub fn risk_quality(
         }
         let max = before.iter().map(|s| s.risk_ppm).max().unwrap_or(0) as f64 / 1e6;
         max_before.push((max, late));
+        if late {
+            let warn_ppm = crate::model::facts::ppm(spec.risk.warn);
+            if let Some(first) = before
+                .iter()
+                .filter(|s| s.risk_ppm >= warn_ppm)
+                .map(|s| s.now)
+                .min()
+            {
+                lead_hours.push((promised - first) as f64 / 3.6e6);
+            }
+        }
         if let Some(shipped) = shipped {
             if let Some(first) = before
                 .iter()
@@ -225,6 +254,7 @@ pub fn risk_quality(
         auc_max_before_outcome: roc_auc(&max_before),
         warn: band(spec.risk.warn),
         critical: band(spec.risk.critical),
+        median_warning_lead_hours: median(&mut lead_hours),
     }
 }
 

@@ -423,15 +423,15 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             ("superstore", superstore(&spec)?),
             (
                 "generator",
-                generator(&spec, 5, None, None).materialize(Some(25_000)),
+                generator(&spec, 5, None, None).materialize(Some(100_000)),
             ),
         ];
         for (name, input) in inputs {
             let (q, _) = bench::evaluate_risk(&spec, &input);
             if !a.json {
                 println!(
-                    "risk[{name}]: orders={} late={} AUC@shipment={:.3} AUC(max before outcome)={:.3} warn(>={}) precision={:.3} recall={:.3} critical(>={}) precision={:.3} recall={:.3}",
-                    q.orders, q.late_orders, q.auc_at_shipment, q.auc_max_before_outcome, q.warn.threshold, q.warn.precision, q.warn.recall, q.critical.threshold, q.critical.precision, q.critical.recall
+                    "risk[{name}]: orders={} late={} AUC@shipment={:.3} AUC(max before outcome)={:.3} warn(>={}) precision={:.3} recall={:.3} critical(>={}) precision={:.3} recall={:.3} median warning lead={:.1} h",
+                    q.orders, q.late_orders, q.auc_at_shipment, q.auc_max_before_outcome, q.warn.threshold, q.warn.precision, q.warn.recall, q.critical.threshold, q.critical.precision, q.critical.recall, q.median_warning_lead_hours
                 );
             }
             quality.insert(name.into(), serde_json::to_value(&q)?);

@@ -6,7 +6,10 @@ use fulfillment_ai::config::{PipelineSpec, SpecError};
 const SHIPPED: &str = include_str!("../pipelines/fulfillment.yaml");
 
 fn parse_with(from: &str, to: &str) -> Result<PipelineSpec, SpecError> {
-    assert!(SHIPPED.contains(from), "test edit target `{from}` not in the shipped spec");
+    assert!(
+        SHIPPED.contains(from),
+        "test edit target `{from}` not in the shipped spec"
+    );
     PipelineSpec::parse(&SHIPPED.replacen(from, to, 1), "pipelines/edited.yaml")
 }
 
@@ -45,8 +48,16 @@ fn errors_name_file_path_and_reason() {
     for (from, to, path, reason) in cases {
         let e = rejected(from, to);
         assert_eq!(e.file, "pipelines/edited.yaml");
-        assert!(e.path.starts_with(path), "path `{}` should start with `{path}` ({e})", e.path);
-        assert!(e.reason.contains(reason), "reason `{}` should contain `{reason}`", e.reason);
+        assert!(
+            e.path.starts_with(path),
+            "path `{}` should start with `{path}` ({e})",
+            e.path
+        );
+        assert!(
+            e.reason.contains(reason),
+            "reason `{}` should contain `{reason}`",
+            e.reason
+        );
         assert!(e.to_string().starts_with("pipelines/edited.yaml: "), "{e}");
     }
 }

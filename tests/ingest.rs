@@ -73,7 +73,9 @@ impl Source for TwoLivePartitions {
             started,
             wake_after: Duration::ZERO,
             finish_after: Duration::from_millis(900),
-            events: (0..40).map(|i| created(&format!("a{i}"), T0 + i * 15 * 60_000)).collect(),
+            events: (0..40)
+                .map(|i| created(&format!("a{i}"), T0 + i * 15 * 60_000))
+                .collect(),
             next: 0,
         };
         let sleepy = Scripted {
@@ -84,31 +86,55 @@ impl Source for TwoLivePartitions {
             events: vec![created("b0", T0)],
             next: 0,
         };
-        [busy, sleepy].into_iter().filter(|s| s.partition as usize % peers == worker).map(|s| Box::new(s) as Box<dyn PartitionReader>).collect()
+        [busy, sleepy]
+            .into_iter()
+            .filter(|s| s.partition as usize % peers == worker)
+            .map(|s| Box::new(s) as Box<dyn PartitionReader>)
+            .collect()
     }
 }
 
 #[test]
 fn idle_partition_stops_holding_the_watermark_and_its_old_data_is_late() {
-    let text = include_str!("../pipelines/fulfillment.yaml").replacen("idle_timeout: 30s", "idle_timeout: 100ms", 1);
+    let text = include_str!("../pipelines/fulfillment.yaml").replacen(
+        "idle_timeout: 30s",
+        "idle_timeout: 100ms",
+        1,
+    );
     let spec = PipelineSpec::parse(&text, "test.yaml").unwrap();
     let report = run_job(&spec, Arc::new(TwoLivePartitions), &JobOptions::default()).unwrap();
     // Partition 0 ran 10 h of event time ahead while partition 1 was idle; partition 1's event
     // from T0 is behind the worker frontier (T0 + 9h45m - 2h30m) and is late.
     assert_eq!(report.counters.received, 41);
-    assert_eq!(report.counters.late, 1, "late events: {:?}", report.late_events);
+    assert_eq!(
+        report.counters.late, 1,
+        "late events: {:?}",
+        report.late_events
+    );
     assert_eq!(report.late_events[0].order_id, "b0");
     assert_eq!(report.late_events[0].partition, 1);
-    let orders = report.final_kpis.iter().filter(|k| k.kpi == "order_value" && k.dims.is_empty()).map(|k| k.denominator).sum::<i64>();
+    let orders = report
+        .final_kpis
+        .iter()
+        .filter(|k| k.kpi == "order_value" && k.dims.is_empty())
+        .map(|k| k.denominator)
+        .sum::<i64>();
     assert_eq!(orders, 40);
 }
 
 #[test]
 fn without_idleness_the_same_old_event_is_accepted() {
     // Same events as a finished replay: partition 1 holds the frontier at 0 until it has data.
-    let a: Vec<String> = (0..40).map(|i| created(&format!("a{i}"), T0 + i * 15 * 60_000)).collect();
+    let a: Vec<String> = (0..40)
+        .map(|i| created(&format!("a{i}"), T0 + i * 15 * 60_000))
+        .collect();
     let input = MemoryPartitions::new("replay", [a, vec![created("b0", T0)]]);
-    let report = run_job(&PipelineSpec::builtin(), Arc::new(input), &JobOptions::default()).unwrap();
+    let report = run_job(
+        &PipelineSpec::builtin(),
+        Arc::new(input),
+        &JobOptions::default(),
+    )
+    .unwrap();
     assert_eq!(report.counters.late, 0);
     assert_eq!(report.counters.accepted, 41);
 }
@@ -116,10 +142,25 @@ fn without_idleness_the_same_old_event_is_accepted() {
 #[test]
 fn scaled_replay_is_paced_by_event_time() {
     // Two hours of event time at 3600x must take at least ~2 s of wall time.
-    let events: Vec<String> = (0..=24).map(|i| created(&format!("p{i}"), T0 + i * 5 * 60_000)).collect();
+    let events: Vec<String> = (0..=24)
+        .map(|i| created(&format!("p{i}"), T0 + i * 5 * 60_000))
+        .collect();
     let input = MemoryPartitions::new("paced", [events]);
     let started = Instant::now();
-    let report = run_job(&PipelineSpec::builtin(), Arc::new(input), &JobOptions { pacing: Pacing::Scaled(3600.0), batch_per_partition: 1, ..Default::default() }).unwrap();
+    let report = run_job(
+        &PipelineSpec::builtin(),
+        Arc::new(input),
+        &JobOptions {
+            pacing: Pacing::Scaled(3600.0),
+            batch_per_partition: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(report.counters.accepted, 25);
-    assert!(started.elapsed() >= Duration::from_millis(1800), "took only {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1800),
+        "took only {:?}",
+        started.elapsed()
+    );
 }

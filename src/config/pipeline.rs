@@ -286,6 +286,14 @@ pub struct RiskWeights {
     pub exception: f64,
     /// When a payment failure is unresolved.
     pub payment_failed: f64,
+    /// An overdue stage (not shipped, or in transit, longer than expected) is assumed to need at
+    /// least this fraction of its expected duration still.
+    #[serde(default = "default_overdue_floor")]
+    pub overdue_floor: f64,
+}
+
+fn default_overdue_floor() -> f64 {
+    0.25
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -213,14 +213,24 @@ impl OrderState {
         if let Some(mut due) = self.timers.remove(&tick) {
             due.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
             for (deadline, kind, order_id, generation) in due {
-                if self.orders.get(&order_id).is_some_and(|r| r.generation == generation) {
+                if self
+                    .orders
+                    .get(&order_id)
+                    .is_some_and(|r| r.generation == generation)
+                {
                     self.fire_timer(tick, deadline, kind, &order_id, out);
                 }
             }
         }
     }
 
-    fn schedule(&mut self, deadline: i64, kind: TimerKind, order_id: &CompactString, generation: u64) {
+    fn schedule(
+        &mut self,
+        deadline: i64,
+        kind: TimerKind,
+        order_id: &CompactString,
+        generation: u64,
+    ) {
         let tick = self.clock.tick_of(deadline);
         self.timers
             .entry(tick)
@@ -242,7 +252,10 @@ impl OrderState {
         let next_generation = &mut self.next_generation;
         let rec = self.orders.entry(e.order_id.clone()).or_insert_with(|| {
             *next_generation += 1;
-            OrderRecord { generation: *next_generation, ..OrderRecord::default() }
+            OrderRecord {
+                generation: *next_generation,
+                ..OrderRecord::default()
+            }
         });
         if rec.seen.contains(&id_hash) {
             out.duplicates += 1;

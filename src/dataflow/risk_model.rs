@@ -81,16 +81,21 @@ pub fn score(
     } else {
         ship_within_ms as f64
     };
+    // A stage already overdue still needs time: at least `overdue_floor` of its expectation.
+    let floor = w.overdue_floor;
     let remaining = if s.out_for_delivery {
         0.0
     } else if let Some(shipped) = s.shipped_ts {
-        (expected_transit - (now - shipped) as f64).max(0.0)
+        (expected_transit - (now - shipped) as f64).max(floor * expected_transit)
     } else {
-        (expected_ship - (now - s.created_ts) as f64).max(0.0) + expected_transit
+        (expected_ship - (now - s.created_ts) as f64).max(floor * expected_ship) + expected_transit
     };
     let time_left = (s.promised_ts - now) as f64;
+    // The route term is centred on the prior: an average route adds nothing, so with no slack
+    // either way (expected remaining time == time left) the score is sigmoid(bias).
+    let route = logit(late_rate.clamp(1e-6, 1.0 - 1e-6)) - logit(r.prior_late_rate);
     let x = w.bias
-        + w.route_logit * logit(late_rate.clamp(1e-6, 1.0 - 1e-6))
+        + w.route_logit * route
         + w.slack * (remaining - time_left) / w.slack_scale.ms() as f64
         + w.exception * s.open_exceptions as f64
         + if s.payment_failed_open {
@@ -181,6 +186,36 @@ mod tests {
                 > score(&s, &calm, day, day, 2 * day, &spec)
         );
         assert_eq!(score(&s, &calm, 5 * day + 1, day, 2 * day, &spec), 1.0);
+    }
+
+    #[test]
+    fn an_overdue_shipment_keeps_needing_time_and_an_average_route_is_neutral() {
+        let mut spec = PipelineSpec::builtin();
+        let day = 86_400_000;
+        let route = RouteStats {
+            transit_n: 10,
+            transit_sum_ms: 20 * day,
+            ..Default::default()
+        }; // 2 days
+        let shipped = RiskSnapshot {
+            shipped_ts: Some(0),
+            promised_ts: 4 * day,
+            ..snapshot()
+        };
+        // Three days into a two-day transit, one day before the promise.
+        let with_floor = score(&shipped, &route, 3 * day, day, 2 * day, &spec);
+        spec.risk.weights.overdue_floor = 0.0;
+        let without = score(&shipped, &route, 3 * day, day, 2 * day, &spec);
+        assert!(with_floor > without, "{with_floor} vs {without}");
+        // No history: the route term is zero, so with zero slack the score is sigmoid(bias).
+        let s = RiskSnapshot {
+            shipped_ts: Some(0),
+            promised_ts: 2 * day,
+            ..snapshot()
+        };
+        let p = score(&s, &RouteStats::default(), 0, day, 2 * day, &spec);
+        let bias = spec.risk.weights.bias;
+        assert!((p - 1.0 / (1.0 + (-bias).exp())).abs() < 1e-12);
     }
 
     #[test]

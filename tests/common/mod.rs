@@ -469,12 +469,14 @@ pub fn pinned_spec(extra: impl FnOnce(&mut serde_yaml::Value)) -> PipelineSpec {
             "deviations.anomaly",
             yaml("{severity: warning, kpis: [on_time_rate, payment_failure_rate], baseline_windows: 7, min_baseline: 4, z: 3.0, min_std: 0.02}"),
         );
+        // bias = logit(prior) and no overdue floor: with no route history the score is
+        // sigmoid(logit(0.1) + slack term), the numbers the hand-computed risk tests use.
         set(
             v,
             "risk",
             yaml(
-                "{prior_late_rate: 0.1, prior_weight: 20, warn: 0.5, critical: 0.8, weights: {bias: 0.0, \
-                 route_logit: 1.0, slack: 2.5, slack_scale: 1d, exception: 1.2, payment_failed: 1.0}}",
+                "{prior_late_rate: 0.1, prior_weight: 20, warn: 0.5, critical: 0.8, weights: {bias: -2.197224577336219, \
+                 route_logit: 1.0, slack: 2.5, slack_scale: 1d, exception: 1.2, payment_failed: 1.0, overdue_floor: 0.0}}",
             ),
         );
         set(v, "retention", yaml("{finished: 7d, idle_open: 60d}"));
