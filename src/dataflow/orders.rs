@@ -112,6 +112,8 @@ struct OrderRecord {
     /// Distinguishes this record from an earlier, retired record of the same order id, so the
     /// earlier record's timers do not fire against it.
     generation: u64,
+    /// Deadline of the earliest pending retention check.
+    retention_check: Option<i64>,
     /// Hashes of processed event ids (64-bit FxHash; a collision would drop an event).
     seen: SmallVec<[u64; 8]>,
 }
@@ -211,7 +213,11 @@ impl OrderState {
         }
         self.touched = touched;
         if let Some(mut due) = self.timers.remove(&tick) {
-            due.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+            // Deadline timers by (deadline, rule, order); retention checks after all of them.
+            due.sort_by(|a, b| {
+                let retention = |k: TimerKind| k == TimerKind::Retention;
+                (retention(a.1), a.0, a.1, &a.2).cmp(&(retention(b.1), b.0, b.1, &b.2))
+            });
             for (deadline, kind, order_id, generation) in due {
                 if self
                     .orders
@@ -534,9 +540,15 @@ impl OrderState {
             let dims = rec.dims.clone();
             self.emit_backlog(tick, &dims, backlog_change, out);
         }
-        let rec = &self.orders[&e.order_id];
+        // One pending retention check per record: a new one only when the deadline moves earlier
+        // (the order finished); a check that finds the deadline moved later re-arms itself.
+        let deadline = self.retention_deadline(&self.orders[&e.order_id]);
+        let rec = self.orders.get_mut(&e.order_id).expect("present");
         let generation = rec.generation;
-        timers.push((self.retention_deadline(rec), TimerKind::Retention));
+        if rec.retention_check.is_none_or(|at| deadline < at) {
+            rec.retention_check = Some(deadline);
+            timers.push((deadline, TimerKind::Retention));
+        }
         for (deadline, kind) in timers {
             self.schedule(deadline, kind, &e.order_id, generation);
         }
@@ -674,7 +686,19 @@ impl OrderState {
                 }
             }
             TimerKind::Retention => {
-                if self.clock.tick_of(self.retention_deadline(rec)) <= tick {
+                let current = self.retention_deadline(rec);
+                if self.clock.tick_of(current) > tick {
+                    // The order had events since; check again at its new deadline, unless an
+                    // earlier check is already pending.
+                    if rec.retention_check == Some(deadline) {
+                        let generation = rec.generation;
+                        self.orders
+                            .get_mut(order_id)
+                            .expect("present")
+                            .retention_check = Some(current);
+                        self.schedule(current, TimerKind::Retention, order_id, generation);
+                    }
+                } else {
                     let rec = self.orders.remove(order_id).expect("present");
                     if rec.in_backlog {
                         self.emit_backlog(tick, &rec.dims, -1, out);

@@ -126,11 +126,24 @@ pub fn crossing_time(
     if now > s.promised_ts || !reaches(s.promised_ts) {
         return None;
     }
-    let (mut lo, mut hi) = (now, s.promised_ts);
-    if reaches(lo) {
-        return Some(lo);
+    if reaches(now) {
+        return Some(now);
     }
-    // Invariant: !reaches(lo), reaches(hi).
+    // Invariant: !reaches(lo), reaches(hi). The analytic estimate narrows the bracket to a few
+    // milliseconds; the search below decides exactly, on the score itself.
+    let (mut lo, mut hi) = (now, s.promised_ts);
+    if let Some(guess) =
+        crossing_estimate(s, route, ship_within_ms, transit_ms, spec, threshold_ppm)
+    {
+        const SLOP: i64 = 64;
+        let (g_lo, g_hi) = ((guess - SLOP).max(lo), (guess + SLOP).min(hi));
+        if g_lo > lo && !reaches(g_lo) {
+            lo = g_lo;
+        }
+        if g_hi < hi && g_hi > lo && reaches(g_hi) {
+            hi = g_hi;
+        }
+    }
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         if reaches(mid) {
@@ -140,6 +153,56 @@ pub fn crossing_time(
         }
     }
     Some(hi)
+}
+
+/// Where the score would cross `threshold_ppm`, solving the model in closed form: the logit is
+/// `base + slack * max(K, now + M) / scale` for constants K and M of the order's stage. `None`
+/// when the slack weight is not positive (no monotone crossing to solve for).
+fn crossing_estimate(
+    s: &RiskSnapshot,
+    route: &RouteStats,
+    ship_within_ms: i64,
+    transit_ms: i64,
+    spec: &PipelineSpec,
+    threshold_ppm: i64,
+) -> Option<i64> {
+    let r = &spec.risk;
+    let w = &r.weights;
+    if w.slack <= 0.0 {
+        return None;
+    }
+    let late_rate = (route.late as f64 + r.prior_weight * r.prior_late_rate)
+        / (route.deliveries as f64 + r.prior_weight);
+    let e_t = if route.transit_n > 0 {
+        route.transit_sum_ms as f64 / route.transit_n as f64
+    } else {
+        transit_ms as f64
+    };
+    let e_s = if route.ship_n > 0 {
+        route.ship_sum_ms as f64 / route.ship_n as f64
+    } else {
+        ship_within_ms as f64
+    };
+    let base = w.bias
+        + w.route_logit * (logit(late_rate.clamp(1e-6, 1.0 - 1e-6)) - logit(r.prior_late_rate))
+        + w.exception * s.open_exceptions as f64
+        + if s.payment_failed_open {
+            w.payment_failed
+        } else {
+            0.0
+        };
+    let p = s.promised_ts as f64;
+    let m = if s.out_for_delivery {
+        -p
+    } else if s.shipped_ts.is_some() {
+        w.overdue_floor * e_t - p
+    } else {
+        w.overdue_floor * e_s + e_t - p
+    };
+    let target_p = ((threshold_ppm as f64 - 0.5) / 1e6).clamp(1e-9, 1.0 - 1e-9);
+    let g = (logit(target_p) - base) * w.slack_scale.ms() as f64 / w.slack;
+    let t = g - m;
+    t.is_finite().then(|| t.ceil() as i64)
 }
 
 #[cfg(test)]
