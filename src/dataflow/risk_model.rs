@@ -129,19 +129,31 @@ pub fn crossing_time(
     if reaches(now) {
         return Some(now);
     }
-    // Invariant: !reaches(lo), reaches(hi). The analytic estimate narrows the bracket to a few
-    // milliseconds; the search below decides exactly, on the score itself.
+    // Invariant: !reaches(lo), reaches(hi). The analytic estimate is usually exact to the
+    // millisecond (two evaluations confirm it); otherwise it narrows the bracket, and the search
+    // below decides exactly, on the score itself.
     let (mut lo, mut hi) = (now, s.promised_ts);
     if let Some(guess) =
         crossing_estimate(s, route, ship_within_ms, transit_ms, spec, threshold_ppm)
     {
-        const SLOP: i64 = 64;
-        let (g_lo, g_hi) = ((guess - SLOP).max(lo), (guess + SLOP).min(hi));
-        if g_lo > lo && !reaches(g_lo) {
-            lo = g_lo;
-        }
-        if g_hi < hi && g_hi > lo && reaches(g_hi) {
-            hi = g_hi;
+        let guess = guess.clamp(lo + 1, hi);
+        if reaches(guess) {
+            if !reaches(guess - 1) {
+                return Some(guess);
+            }
+            hi = guess - 1;
+            const SLOP: i64 = 64;
+            let g_lo = (guess - SLOP).max(lo);
+            if g_lo > lo && !reaches(g_lo) {
+                lo = g_lo;
+            }
+        } else {
+            lo = guess;
+            const SLOP: i64 = 64;
+            let g_hi = (guess + SLOP).min(hi);
+            if g_hi < hi && reaches(g_hi) {
+                hi = g_hi;
+            }
         }
     }
     while hi - lo > 1 {
