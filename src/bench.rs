@@ -46,9 +46,6 @@ pub struct ThroughputResult {
     pub mb_per_sec: f64,
     pub peak_rss_mb: f64,
     pub peak_live_orders: u64,
-    /// (peak RSS during the run - RSS before it) / peak live orders: an upper bound per order,
-    /// since it also counts in-flight batches, windows and risk state.
-    pub bytes_per_live_order: f64,
     pub final_kpis: u64,
     pub deviations: u64,
 }
@@ -59,7 +56,6 @@ pub fn throughput(
     input: &MemoryPartitions,
     workers: usize,
 ) -> ThroughputResult {
-    let before = rss_bytes().unwrap_or(0);
     reset_peak_rss();
     let opts = JobOptions {
         workers,
@@ -80,11 +76,60 @@ pub fn throughput(
         mb_per_sec: input.bytes() as f64 / seconds / 1e6,
         peak_rss_mb: peak as f64 / 1e6,
         peak_live_orders: report.peak_live_orders,
-        bytes_per_live_order: peak.saturating_sub(before) as f64
-            / report.peak_live_orders.max(1) as f64,
         final_kpis: report.counters.final_kpis,
         deviations: report.counters.deviations,
     }
+}
+
+/// Memory per live order, measured as the slope of RSS over the number of open orders: two
+/// fresh processes (`fulfillment-ai bench --memory-probe N`) run jobs with `n` and `2n` orders
+/// (one a second) that are created and paid but never ship, so every order is live when the
+/// input ends; each reads its RSS then, before the end-of-input drain, and
+/// `(rss(2n) - rss(n)) / n` cancels fixed costs. Includes the order record, its timers, its risk
+/// state and its share of the backlog arrangement.
+pub fn bytes_per_live_order(n: usize, pipeline: &std::path::Path) -> std::io::Result<f64> {
+    let probe = |count: usize| -> std::io::Result<f64> {
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["bench", "--pipeline"])
+            .arg(pipeline)
+            .args(["--memory-probe", &count.to_string()])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse::<f64>()
+            .map_err(|_| std::io::Error::other(format!("memory probe printed `{text}`")))
+    };
+    let small = probe(n)?;
+    let large = probe(2 * n)?;
+    Ok((large - small) / n as f64)
+}
+
+/// One memory probe in this process: RSS at input end of a job with `count` open orders.
+pub fn memory_probe(spec: &PipelineSpec, count: usize) -> u64 {
+    let t0: i64 = 1_704_067_200_000;
+    let lines: Vec<String> = (0..count)
+        .flat_map(|i| {
+            let ts = t0 + i as i64 * 1000;
+            let order = format!("mem-{i}");
+            [
+                format!(
+                    r#"{{"v":1,"event_id":"{order}-c","order_id":"{order}","type":"order_created","ts":{ts},"customer_id":"c{}","segment":"Consumer","region":"West","ship_mode":"Standard Class","warehouse":"WH-WEST-{}","qty":2,"amount":40.5,"promised_delivery_ts":{}}}"#,
+                    i % 5000,
+                    i % 2,
+                    ts + 20 * 86_400_000
+                ),
+                format!(r#"{{"v":1,"event_id":"{order}-p","order_id":"{order}","type":"payment_authorized","ts":{}}}"#, ts + 1000),
+            ]
+        })
+        .collect();
+    let input = MemoryPartitions::round_robin("memory probe", lines, spec.time.partitions);
+    let opts = JobOptions {
+        workers: 1,
+        keep_in_memory: false,
+        ..Default::default()
+    };
+    let report = run_job(spec, Arc::new(input), &opts).expect("memory probe runs");
+    report.rss_at_input_end.unwrap_or(0)
 }
 
 /// Prequential quality of the risk score against what then happened.

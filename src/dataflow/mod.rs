@@ -118,6 +118,9 @@ pub struct JobReport {
     pub late_events: Vec<LateEvent>,
     /// Peak live order records summed over workers (sampled at ingest rounds).
     pub peak_live_orders: u64,
+    /// Process RSS after the input was processed up to the watermark, before the end-of-input
+    /// drain (Linux only).
+    pub rss_at_input_end: Option<u64>,
     pub elapsed: Duration,
 }
 
@@ -135,6 +138,9 @@ pub enum JobError {
 #[derive(Default, Clone, Copy)]
 struct WorkerStats {
     peak_live_orders: u64,
+    /// Process RSS once the input is exhausted and processed up to the frontier, before the
+    /// end-of-input drain fires every pending timer (worker 0 only).
+    rss_at_input_end: Option<u64>,
 }
 
 /// Runs the pipeline over `source` until it ends.
@@ -173,9 +179,11 @@ pub fn run_job(
     )
     .map_err(JobError::Timely)?;
     let mut peak = 0;
+    let mut rss_at_input_end = None;
     for r in guards.join() {
         let stats = r.map_err(JobError::Worker)?;
         peak += stats.peak_live_orders;
+        rss_at_input_end = rss_at_input_end.or(stats.rss_at_input_end);
     }
     let collected = collector
         .join()
@@ -200,6 +208,7 @@ pub fn run_job(
         dead_letters: collected.dead_letters,
         late_events: collected.late_events,
         peak_live_orders: peak,
+        rss_at_input_end,
         elapsed: started.elapsed(),
     })
 }
@@ -474,6 +483,11 @@ fn run_worker(
         if round.accepted == 0 {
             std::thread::yield_now();
         }
+    }
+    let t = *input.time();
+    worker.step_while(|| probe.less_than(&t));
+    if index == 0 {
+        stats.rss_at_input_end = crate::bench::rss_bytes();
     }
     let ingest_done = Instant::now();
     tracing::debug!(
