@@ -111,3 +111,34 @@ fn small_job_counts_and_final_kpis() {
         assert_eq!(backlog.last().unwrap().1, 0);
     }
 }
+
+#[test]
+fn jsonl_outputs_match_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = PipelineSpec::builtin();
+    let input = MemoryPartitions::new("smoke", [lines()]);
+    let opts = JobOptions {
+        out_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let report = run_job(&spec, Arc::new(input), &opts).unwrap();
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.path().join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let kpis = read("kpis.jsonl");
+    let finals = kpis.iter().filter(|k| k["final"] == true).count();
+    assert_eq!(finals, report.final_kpis.len());
+    assert_eq!(read("deviations.jsonl").len(), report.deviations.len());
+    let dlq = read("dead_letters.jsonl");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0]["raw"], "{broken");
+    assert!(dlq[0]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("malformed JSON"));
+    assert!(read("late_events.jsonl").is_empty());
+}

@@ -64,6 +64,13 @@ struct Files {
 }
 
 impl Files {
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.kpis.flush()?;
+        self.deviations.flush()?;
+        self.dead_letters.flush()?;
+        self.late.flush()
+    }
+
     fn create(dir: &Path) -> std::io::Result<Files> {
         std::fs::create_dir_all(dir)?;
         let open = |name: &str| -> std::io::Result<BufWriter<File>> {
@@ -100,7 +107,7 @@ pub fn collect(
 ) -> std::io::Result<Collected> {
     let mut files = opts.out_dir.as_deref().map(Files::create).transpose()?;
     let mut c = Collected::default();
-    for msg in rx {
+    for msg in rx.iter() {
         match msg {
             SinkMessage::Kpis(records) => {
                 c.kpi_updates += records.len() as u64;
@@ -158,12 +165,16 @@ pub fn collect(
             }
             SinkMessage::RiskScores(s) => c.risk_scores.extend(s),
         }
+        // Flush whenever the channel runs dry, so files are readable while the job runs (and
+        // whole lines survive an interrupt).
+        if rx.is_empty() {
+            if let Some(f) = files.as_mut() {
+                f.flush()?;
+            }
+        }
     }
     if let Some(mut f) = files {
-        f.kpis.flush()?;
-        f.deviations.flush()?;
-        f.dead_letters.flush()?;
-        f.late.flush()?;
+        f.flush()?;
     }
     c.final_kpis.sort_by_key(|a| a.key());
     c.deviations.sort_by(|a, b| a.id.cmp(&b.id));
