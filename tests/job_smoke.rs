@@ -142,3 +142,34 @@ fn jsonl_outputs_match_the_report() {
         .starts_with("malformed JSON"));
     assert!(read("late_events.jsonl").is_empty());
 }
+
+#[test]
+fn a_delivery_without_a_shipped_event_leaves_the_backlog_and_meets_ship_by() {
+    let spec = PipelineSpec::builtin();
+    let promised = T0 + 9 * DAY;
+    let events = vec![
+        created("x-1", "x", T0 + 1000, promised),
+        simple("x-2", "x", "delivered", T0 + 2 * DAY, r#","qty":2"#),
+    ];
+    let report = run_job(
+        &spec,
+        Arc::new(MemoryPartitions::new("x", [events])),
+        &JobOptions::default(),
+    )
+    .unwrap();
+    let backlog: Vec<_> = report
+        .final_kpis
+        .iter()
+        .filter(|k| k.kpi == "open_backlog" && k.dims.is_empty())
+        .map(|k| (k.window_start, k.numerator))
+        .collect();
+    assert_eq!(backlog, [(T0, 1), (T0 + 2 * DAY, 0)]);
+    assert!(
+        report
+            .deviations
+            .iter()
+            .all(|d| d.kind != DeviationType::SlaShipBreach),
+        "{:?}",
+        report.deviations
+    );
+}

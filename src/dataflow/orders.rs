@@ -310,7 +310,10 @@ impl OrderState {
                             TimerKind::Delivery,
                         ));
                     }
-                    if rec.shipped.is_none() && rec.cancelled_ts.is_none() {
+                    if rec.shipped.is_none()
+                        && rec.cancelled_ts.is_none()
+                        && rec.delivered_ts.is_none()
+                    {
                         rec.in_backlog = true;
                         backlog_change = 1;
                     }
@@ -419,6 +422,11 @@ impl OrderState {
                 if rec.delivered_ts.is_none() {
                     rec.delivered_ts = Some(ts);
                     rec.exception_open = false;
+                    // A delivery without a shipped event still means it left the warehouse.
+                    if rec.in_backlog {
+                        rec.in_backlog = false;
+                        backlog_change = -1;
+                    }
                     let delivered_qty = qty.or(rec.shipped.and_then(|s| s.1));
                     let mut f = Fact::new(FactKind::Delivery, ts, rec.dims.clone());
                     if let Some(c) = &rec.created {
@@ -625,7 +633,10 @@ impl OrderState {
                 let Some(c) = rec.created.as_ref() else {
                     return;
                 };
-                if open_at(rec) && rec.shipped.is_none_or(|s| s.0 > deadline) {
+                if open_at(rec)
+                    && rec.shipped.is_none_or(|s| s.0 > deadline)
+                    && rec.delivered_ts.is_none_or(|d| d > deadline)
+                {
                     out.deviations.push(order_deviation(
                         DeviationType::SlaShipBreach,
                         dev.sla_ship.severity,

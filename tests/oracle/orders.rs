@@ -405,7 +405,7 @@ impl Sim<'_> {
                     c.promised_delivery_ts + dev.sla_delivery.grace.ms(),
                     Rule::Delivery,
                 );
-                if r.shipped_ts.is_none() && r.cancelled_ts.is_none() {
+                if r.shipped_ts.is_none() && r.cancelled_ts.is_none() && r.delivered_ts.is_none() {
                     r.in_backlog = true;
                     self.backlog(&r.dims, t, 1);
                 }
@@ -497,6 +497,10 @@ impl Sim<'_> {
                 }
                 r.delivered_ts = Some(ts);
                 r.exception_open = false;
+                if r.in_backlog {
+                    r.in_backlog = false;
+                    self.backlog(&r.dims, t, -1);
+                }
                 let delivered_qty = qty.or(r.shipped_qty);
                 let created = r.created.clone();
                 let shipped_ts = r.shipped_ts;
@@ -596,7 +600,8 @@ impl Sim<'_> {
         }
         match timer.rule {
             Rule::Ship => {
-                let shipped_in_time = matches!(r.shipped_ts, Some(s) if s <= d);
+                let shipped_in_time = matches!(r.shipped_ts, Some(s) if s <= d)
+                    || matches!(r.delivered_ts, Some(x) if x <= d);
                 if r.created.is_some() && !shipped_in_time && dev.sla_ship.enabled {
                     let id = format!("sla_ship_breach:{order_id}");
                     self.order_deviation(
