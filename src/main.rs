@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use fulfillment_ai::bench;
-use fulfillment_ai::config::PipelineSpec;
+use fulfillment_ai::config::{AppConfig, PipelineSpec};
 use fulfillment_ai::dataflow::{run_job, JobOptions, JobReport, Pacing};
 use fulfillment_ai::sources::chain::{Chain, RateLimited};
 use fulfillment_ai::sources::generator::{GeneratorConfig, GeneratorSource};
@@ -56,24 +56,40 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct PipelineArg {
-    /// Pipeline spec file.
-    #[arg(long, default_value = "pipelines/fulfillment.yaml")]
-    pipeline: PathBuf,
+    /// Settings file (default: config/app.yaml when present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Pipeline spec file (default from settings: pipelines/fulfillment.yaml).
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+}
+
+impl PipelineArg {
+    /// Settings from file and environment, with this command line's pipeline on top.
+    fn settings(&self) -> Result<AppConfig> {
+        let mut app = AppConfig::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(p) = &self.pipeline {
+            app.pipeline = p.clone();
+        }
+        Ok(app)
+    }
 }
 
 #[derive(Args, Clone)]
 struct JobArgs {
     #[command(flatten)]
     pipeline: PipelineArg,
-    /// Timely worker threads.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    /// Directory for kpis.jsonl, deviations.jsonl, dead_letters.jsonl, late_events.jsonl.
-    #[arg(long, default_value = "out")]
-    out: PathBuf,
-    /// Replay pace: `max`, or event-time speed-up like `1x` (original pace) or `3600x`.
-    #[arg(long, default_value = "max")]
-    speed: String,
+    /// Timely worker threads (default from settings: 2).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Directory for kpis.jsonl, deviations.jsonl, dead_letters.jsonl, late_events.jsonl
+    /// (default from settings: out).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replay pace: `max`, or event-time speed-up like `1x` (original pace) or `3600x`
+    /// (default from settings: max).
+    #[arg(long)]
+    speed: Option<String>,
     /// Print every deviation and final global KPI as it happens.
     #[arg(long)]
     verbose: bool,
@@ -83,12 +99,13 @@ struct JobArgs {
 struct RunArgs {
     #[command(flatten)]
     job: JobArgs,
-    /// `default`, `superstore`, `generator`, or `jsonl:PATH`.
-    #[arg(long, default_value = "default")]
-    source: String,
-    /// Live generator rate in events per second (default source and `generator`).
-    #[arg(long, default_value_t = 500.0)]
-    rate: f64,
+    /// `default`, `superstore`, `generator`, or `jsonl:PATH` (default from settings: default).
+    #[arg(long)]
+    source: Option<String>,
+    /// Live generator rate in events per second (default source and `generator`; default from
+    /// settings: 500).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Stop after this many seconds (default: run until interrupted or the source ends).
     #[arg(long)]
     seconds: Option<u64>,
@@ -171,8 +188,8 @@ fn real_main() -> Result<()> {
     }
 }
 
-fn load_spec(p: &PipelineArg) -> Result<PipelineSpec> {
-    Ok(PipelineSpec::load(&p.pipeline)?)
+fn load_spec(app: &AppConfig) -> Result<PipelineSpec> {
+    Ok(PipelineSpec::load(&app.pipeline)?)
 }
 
 fn parse_speed(s: &str) -> Result<Pacing> {
@@ -220,59 +237,84 @@ fn latest_ts(input: &MemoryPartitions) -> Option<i64> {
         .max()
 }
 
-fn job_options(a: &JobArgs) -> Result<JobOptions> {
+/// Settings for a job: file and environment, then this command line.
+fn job_settings(a: &JobArgs) -> Result<AppConfig> {
+    let mut app = a.pipeline.settings()?;
+    if let Some(w) = a.workers {
+        app.workers = w;
+    }
+    if let Some(o) = &a.out {
+        app.out_dir = o.clone();
+    }
+    if let Some(s) = &a.speed {
+        app.speed = s.clone();
+    }
+    Ok(app)
+}
+
+fn job_options(app: &AppConfig, verbose: bool) -> Result<JobOptions> {
     Ok(JobOptions {
-        workers: a.workers,
-        pacing: parse_speed(&a.speed)?,
-        out_dir: Some(a.out.clone()),
+        workers: app.workers,
+        pacing: parse_speed(&app.speed)?,
+        out_dir: Some(app.out_dir.clone()),
         keep_in_memory: false,
-        echo: a.verbose,
+        echo: verbose,
+        kpi_update_interval: Duration::from_millis(app.kpi_update_interval.ms().max(0) as u64),
         ..JobOptions::default()
     })
 }
 
 fn run(a: RunArgs) -> Result<()> {
-    let spec = load_spec(&a.job.pipeline)?;
-    let source: Arc<dyn Source> = match a.source.as_str() {
+    let mut app = job_settings(&a.job)?;
+    if let Some(s) = &a.source {
+        app.source = s.clone();
+    }
+    if let Some(r) = a.rate {
+        app.rate = r;
+    }
+    let spec = load_spec(&app)?;
+    let rate = app.rate;
+    let source: Arc<dyn Source> = match app.source.as_str() {
         "default" => {
             let history = superstore(&spec)?;
             let start = latest_ts(&history).unwrap_or(0) + 3_600_000;
-            let live = RateLimited::new(Arc::new(generator(&spec, 7, Some(start), None)), a.rate);
+            let live = RateLimited::new(Arc::new(generator(&spec, 7, Some(start), None)), rate);
             Arc::new(Chain::new(Arc::new(history), Arc::new(live)).map_err(anyhow::Error::msg)?)
         }
         "superstore" => Arc::new(superstore(&spec)?),
         "generator" => Arc::new(RateLimited::new(
             Arc::new(generator(&spec, 7, None, None)),
-            a.rate,
+            rate,
         )),
         other => match other.strip_prefix("jsonl:") {
             Some(path) => Arc::new(
                 load_jsonl(path.as_ref(), spec.time.partitions)
                     .with_context(|| format!("reading {path}"))?,
             ),
-            None => bail!("--source `{other}`: use default, superstore, generator or jsonl:PATH"),
+            None => bail!("source `{other}`: use default, superstore, generator or jsonl:PATH"),
         },
     };
-    let opts = job_options(&a.job)?;
+    let opts = job_options(&app, a.job.verbose)?;
+    let out = app.out_dir.clone();
     println!(
         "fulfillment-ai: {} with {} workers",
         source.describe(),
         opts.workers
     );
-    println!("  pipeline   {}", a.job.pipeline.pipeline.display());
+    println!("  pipeline   {}", app.pipeline.display());
     println!(
         "  KPIs       {}/kpis.jsonl  (every version; `final: true` closes a window)",
-        a.job.out.display()
+        out.display()
     );
-    println!("  deviations {}/deviations.jsonl", a.job.out.display());
+    println!("  deviations {}/deviations.jsonl", out.display());
     println!(
         "  rejects    {}/dead_letters.jsonl, {}/late_events.jsonl",
-        a.job.out.display(),
-        a.job.out.display()
+        out.display(),
+        out.display()
     );
     println!(
         "  follow     tail -f {}/deviations.jsonl   (stop with Ctrl-C)",
-        a.job.out.display()
+        out.display()
     );
     if let Some(secs) = a.seconds {
         std::thread::spawn(move || {
@@ -282,27 +324,28 @@ fn run(a: RunArgs) -> Result<()> {
         });
     }
     let report = run_job(&spec, source, &opts)?;
-    print_summary(&report, &a.job.out);
+    print_summary(&report, &out);
     Ok(())
 }
 
 fn replay(a: ReplayArgs) -> Result<()> {
-    let spec = load_spec(&a.job.pipeline)?;
+    let app = job_settings(&a.job)?;
+    let spec = load_spec(&app)?;
     let input = match a.source.as_str() {
         "superstore" => superstore(&spec)?,
         "generator" => generator(&spec, a.seed, None, None).materialize(Some(a.events)),
         path => load_jsonl(path.as_ref(), spec.time.partitions)
             .with_context(|| format!("reading {path}"))?,
     };
-    let opts = job_options(&a.job)?;
+    let opts = job_options(&app, a.job.verbose)?;
     println!(
         "fulfillment-ai: replaying {} with {} workers -> {}",
         input.describe(),
         opts.workers,
-        a.job.out.display()
+        app.out_dir.display()
     );
     let report = run_job(&spec, Arc::new(input), &opts)?;
-    print_summary(&report, &a.job.out);
+    print_summary(&report, &app.out_dir);
     Ok(())
 }
 
@@ -325,7 +368,7 @@ fn print_summary(r: &JobReport, out: &std::path::Path) {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let spec = load_spec(&a.pipeline)?;
+    let spec = load_spec(&a.pipeline.settings()?)?;
     let input = match a.source.as_str() {
         "superstore" => superstore(&spec)?,
         "generator" => generator(&spec, a.seed, None, None).materialize(Some(a.events)),
@@ -360,13 +403,14 @@ fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn validate(a: PipelineArg) -> Result<()> {
-    let spec = load_spec(&a)?;
+    let app = a.settings()?;
+    let spec = load_spec(&app)?;
     println!(
         "{}: valid, {} KPIs",
-        a.pipeline.display(),
+        app.pipeline.display(),
         spec.compiled.len()
     );
-    for k in &spec.compiled {
+    for (k, written) in spec.compiled.iter().zip(&spec.kpis) {
         let sets: Vec<String> = k
             .dimension_sets
             .iter()
@@ -378,11 +422,15 @@ fn validate(a: PipelineArg) -> Result<()> {
                 }
             })
             .collect();
+        let window = match k.window.slide {
+            Some(slide) => format!("{} sliding by {}", k.window.size, slide),
+            None => format!("{} tumbling", k.window.size),
+        };
         println!(
-            "  {:<26} {:?} windows of {:?} by {}",
+            "  {:<26} {:<9} {:<20} by {}",
             k.name,
-            std::mem::discriminant(&k.measure),
-            k.window.size,
+            written.aggregation,
+            window,
             sets.join(", ")
         );
     }
@@ -390,14 +438,15 @@ fn validate(a: PipelineArg) -> Result<()> {
 }
 
 fn bench_cmd(a: BenchArgs) -> Result<()> {
-    let spec = load_spec(&a.pipeline)?;
+    let app = a.pipeline.settings()?;
+    let spec = load_spec(&app)?;
     if let Some(n) = a.memory_probe {
         println!("{}", bench::memory_probe(&spec, n));
         return Ok(());
     }
     let mut results = serde_json::Map::new();
     if !a.no_throughput {
-        let per_order = bench::bytes_per_live_order(200_000, &a.pipeline.pipeline)?;
+        let per_order = bench::bytes_per_live_order(200_000, &app.pipeline)?;
         if !a.json {
             println!("bytes per live order: {per_order:.0} (RSS slope at input end, 200000 vs 400000 open orders, fresh processes)");
         }

@@ -48,8 +48,8 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
-impl Serialize for Duration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl std::fmt::Display for Duration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.0;
         let text = if ms % 86_400_000 == 0 {
             format!("{}d", ms / 86_400_000)
@@ -62,7 +62,13 @@ impl Serialize for Duration {
         } else {
             format!("{ms}ms")
         };
-        s.serialize_str(&text)
+        f.write_str(&text)
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
     }
 }
 

@@ -1,0 +1,205 @@
+//! Job settings (`config/app.yaml`), layered: built-in defaults, then the file, then
+//! `FULFILLMENT_*` environment variables; command-line flags override all of them in `main.rs`.
+//!
+//! In: an optional file path and the process environment. Out: an [`AppConfig`], or a
+//! [`SpecError`] naming the file (or environment variable), the key and the reason.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::duration::{parse_duration, Duration};
+use crate::config::SpecError;
+
+/// Default location of the settings file, relative to the working directory.
+pub const DEFAULT_APP_CONFIG: &str = "config/app.yaml";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppConfig {
+    pub pipeline: PathBuf,
+    pub workers: usize,
+    pub out_dir: PathBuf,
+    pub source: String,
+    pub rate: f64,
+    pub speed: String,
+    pub kpi_update_interval: Duration,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            pipeline: PathBuf::from("pipelines/fulfillment.yaml"),
+            workers: 2,
+            out_dir: PathBuf::from("out"),
+            source: "default".into(),
+            rate: 500.0,
+            speed: "max".into(),
+            kpi_update_interval: Duration(250),
+        }
+    }
+}
+
+impl AppConfig {
+    /// Loads `path` (required to exist), or `config/app.yaml` if present, then applies the
+    /// environment from `env` (pass `std::env::vars()`).
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<AppConfig, SpecError> {
+        let default_path = Path::new(DEFAULT_APP_CONFIG);
+        let file = match path {
+            Some(p) => Some(p),
+            None if default_path.exists() => Some(default_path),
+            None => None,
+        };
+        let mut cfg = match file {
+            None => AppConfig::default(),
+            Some(p) => {
+                let name = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| SpecError {
+                    file: name.clone(),
+                    path: "(file)".into(),
+                    reason: e.to_string(),
+                })?;
+                Self::parse(&text, &name)?
+            }
+        };
+        cfg.apply_env(env)?;
+        cfg.validate("(merged settings)")?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<AppConfig, SpecError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let cfg: AppConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            SpecError {
+                file: file.into(),
+                path: if path == "." { "(root)".into() } else { path },
+                reason: e.into_inner().to_string(),
+            }
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), SpecError> {
+        for (key, value) in env {
+            let Some(field) = key.strip_prefix("FULFILLMENT_") else {
+                continue;
+            };
+            let bad = |reason: String| SpecError {
+                file: format!("environment variable {key}"),
+                path: field.to_lowercase(),
+                reason,
+            };
+            match field {
+                "PIPELINE" => self.pipeline = PathBuf::from(value),
+                "WORKERS" => {
+                    self.workers = value
+                        .parse()
+                        .map_err(|_| bad(format!("`{value}` is not a whole number")))?
+                }
+                "OUT_DIR" => self.out_dir = PathBuf::from(value),
+                "SOURCE" => self.source = value,
+                "RATE" => {
+                    self.rate = value
+                        .parse()
+                        .map_err(|_| bad(format!("`{value}` is not a number")))?
+                }
+                "SPEED" => self.speed = value,
+                "KPI_UPDATE_INTERVAL" => {
+                    self.kpi_update_interval = parse_duration(&value).map_err(bad)?
+                }
+                // Other FULFILLMENT_* variables (e.g. FULFILLMENT_CACHE, FULFILLMENT_DATA_DIR)
+                // belong to the scripts and sources.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self, file: &str) -> Result<(), SpecError> {
+        let err = |path: &str, reason: &str| SpecError {
+            file: file.into(),
+            path: path.into(),
+            reason: reason.into(),
+        };
+        if self.workers == 0 || self.workers > 256 {
+            return Err(err("workers", "must be between 1 and 256"));
+        }
+        if !(self.rate > 0.0 && self.rate.is_finite()) {
+            return Err(err(
+                "rate",
+                "must be a positive number of events per second",
+            ));
+        }
+        if self.speed != "max"
+            && self
+                .speed
+                .strip_suffix('x')
+                .and_then(|n| n.parse::<f64>().ok())
+                .is_none_or(|f| f <= 0.0)
+        {
+            return Err(err("speed", "use `max` or a speed-up like `1x` or `3600x`"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_parses_to_the_defaults() {
+        let cfg =
+            AppConfig::parse(include_str!("../../config/app.yaml"), "config/app.yaml").unwrap();
+        assert_eq!(cfg, AppConfig::default());
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_bad_values_are_named() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let cfg = AppConfig::load(
+            None,
+            env(&[
+                ("FULFILLMENT_WORKERS", "4"),
+                ("FULFILLMENT_SPEED", "60x"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((cfg.workers, cfg.speed.as_str()), (4, "60x"));
+        let e = AppConfig::load(None, env(&[("FULFILLMENT_WORKERS", "lots")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment variable FULFILLMENT_WORKERS: workers: `lots` is not a whole number"
+        );
+        let e = AppConfig::load(None, env(&[("FULFILLMENT_SPEED", "fast")])).unwrap_err();
+        assert_eq!(e.path, "speed");
+    }
+
+    #[test]
+    fn file_errors_name_file_and_key() {
+        let e = AppConfig::parse("workers: 2\nwrokers: 3\n", "config/app.yaml").unwrap_err();
+        assert_eq!(e.file, "config/app.yaml");
+        assert!(e.reason.contains("unknown field `wrokers`"), "{e}");
+        let e = AppConfig::parse("workers: 0\n", "config/app.yaml").unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.reason.as_str()),
+            ("workers", "must be between 1 and 256")
+        );
+        let e = AppConfig::load(Some(Path::new("config/missing.yaml")), Vec::new()).unwrap_err();
+        assert_eq!(e.file, "config/missing.yaml");
+    }
+}
