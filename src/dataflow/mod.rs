@@ -217,6 +217,22 @@ fn frontier_of(f: &timely::progress::frontier::MutableAntichain<u64>) -> Option<
     f.frontier().iter().next().copied()
 }
 
+/// The earliest tick with work in either queue, if it is below the frontier (any tick, if the
+/// frontier is empty). Operators process their stashed data and timers tick by tick with it.
+pub(crate) fn next_due<A, B>(
+    data: &std::collections::BTreeMap<u64, A>,
+    timers: &std::collections::BTreeMap<u64, B>,
+    frontier: Option<u64>,
+) -> Option<u64> {
+    let next = match (data.keys().next(), timers.keys().next()) {
+        (Some(&a), Some(&b)) => a.min(b),
+        (Some(&a), None) => a,
+        (None, Some(&b)) => b,
+        (None, None) => return None,
+    };
+    frontier.is_none_or(|f| next < f).then_some(next)
+}
+
 /// Downgrades `cap` to the frontier, or drops it when the frontier is empty.
 fn follow_frontier(cap: &mut Option<Capability<u64>>, frontier: Option<u64>) {
     match (cap.as_mut(), frontier) {

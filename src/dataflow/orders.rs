@@ -182,19 +182,7 @@ impl OrderState {
 
     /// Applies every stashed event and due timer of ticks `< frontier` (all, if `None`), in tick order.
     pub fn advance(&mut self, frontier: Option<u64>, out: &mut OrderOutputs) {
-        let bound = frontier.unwrap_or(u64::MAX);
-        loop {
-            let next_event = self.stash.keys().next().copied();
-            let next_timer = self.timers.keys().next().copied();
-            let tick = match (next_event, next_timer) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) => a,
-                (None, Some(b)) => b,
-                (None, None) => break,
-            };
-            if tick >= bound {
-                break;
-            }
+        while let Some(tick) = crate::dataflow::next_due(&self.stash, &self.timers, frontier) {
             self.process_tick(tick, out);
         }
     }

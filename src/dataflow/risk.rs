@@ -93,19 +93,7 @@ impl RiskState {
 
     /// Processes every tick `< frontier` (all, if `None`) that has updates or band checks.
     pub fn advance(&mut self, frontier: Option<u64>, out: &mut RiskOutputs) {
-        let bound = frontier.unwrap_or(u64::MAX);
-        loop {
-            let next_update = self.stash.keys().next().copied();
-            let next_check = self.checks.keys().next().copied();
-            let tick = match (next_update, next_check) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) => a,
-                (None, Some(b)) => b,
-                (None, None) => break,
-            };
-            if tick >= bound {
-                break;
-            }
+        while let Some(tick) = crate::dataflow::next_due(&self.stash, &self.checks, frontier) {
             self.process_tick(tick, out);
         }
     }

@@ -48,6 +48,33 @@ impl RouteStats {
     }
 }
 
+/// What a route's statistics predict: its smoothed late rate and the expected transit and
+/// order-to-ship times (the service level's until the route has history).
+struct Expectations {
+    late_rate: f64,
+    transit: f64,
+    ship: f64,
+}
+
+impl Expectations {
+    fn of(route: &RouteStats, ship_within_ms: i64, transit_ms: i64, spec: &PipelineSpec) -> Self {
+        let r = &spec.risk;
+        let mean = |sum: i64, n: u64, default: i64| {
+            if n > 0 {
+                sum as f64 / n as f64
+            } else {
+                default as f64
+            }
+        };
+        Expectations {
+            late_rate: (route.late as f64 + r.prior_weight * r.prior_late_rate)
+                / (route.deliveries as f64 + r.prior_weight),
+            transit: mean(route.transit_sum_ms, route.transit_n, transit_ms),
+            ship: mean(route.ship_sum_ms, route.ship_n, ship_within_ms),
+        }
+    }
+}
+
 fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
@@ -69,18 +96,11 @@ pub fn score(
     }
     let r = &spec.risk;
     let w = &r.weights;
-    let late_rate = (route.late as f64 + r.prior_weight * r.prior_late_rate)
-        / (route.deliveries as f64 + r.prior_weight);
-    let expected_transit = if route.transit_n > 0 {
-        route.transit_sum_ms as f64 / route.transit_n as f64
-    } else {
-        transit_ms as f64
-    };
-    let expected_ship = if route.ship_n > 0 {
-        route.ship_sum_ms as f64 / route.ship_n as f64
-    } else {
-        ship_within_ms as f64
-    };
+    let Expectations {
+        late_rate,
+        transit: expected_transit,
+        ship: expected_ship,
+    } = Expectations::of(route, ship_within_ms, transit_ms, spec);
     // A stage already overdue still needs time: at least `overdue_floor` of its expectation.
     let floor = w.overdue_floor;
     let remaining = if s.out_for_delivery {
@@ -183,18 +203,11 @@ fn crossing_estimate(
     if w.slack <= 0.0 {
         return None;
     }
-    let late_rate = (route.late as f64 + r.prior_weight * r.prior_late_rate)
-        / (route.deliveries as f64 + r.prior_weight);
-    let e_t = if route.transit_n > 0 {
-        route.transit_sum_ms as f64 / route.transit_n as f64
-    } else {
-        transit_ms as f64
-    };
-    let e_s = if route.ship_n > 0 {
-        route.ship_sum_ms as f64 / route.ship_n as f64
-    } else {
-        ship_within_ms as f64
-    };
+    let Expectations {
+        late_rate,
+        transit: e_t,
+        ship: e_s,
+    } = Expectations::of(route, ship_within_ms, transit_ms, spec);
     let base = w.bias
         + w.route_logit * (logit(late_rate.clamp(1e-6, 1.0 - 1e-6)) - logit(r.prior_late_rate))
         + w.exception * s.open_exceptions as f64
