@@ -361,10 +361,10 @@ impl CellState {
                 Severity::Warning
             };
             let mut evidence = BTreeMap::new();
-            evidence.insert("value".to_string(), rec.value.unwrap_or(f64::NAN));
-            evidence.insert("warn".to_string(), th.warn);
-            evidence.insert("critical".to_string(), th.critical);
-            evidence.insert("count".to_string(), rec.denominator as f64);
+            evidence.insert("value".into(), rec.value.unwrap_or(f64::NAN));
+            evidence.insert("warn".into(), th.warn);
+            evidence.insert("critical".into(), th.critical);
+            evidence.insert("count".into(), rec.denominator as f64);
             out.push(KpiOutput::Deviation(Box::new(kpi_deviation(
                 DeviationType::KpiThresholdBreach,
                 severity,
@@ -383,9 +383,9 @@ impl CellState {
                     let n = history.len().min(rule.baseline_windows);
                     let base = history.iter().rev().take(n).sum::<f64>() / n as f64;
                     let mut evidence = BTreeMap::new();
-                    evidence.insert("value".to_string(), v);
-                    evidence.insert("baseline_mean".to_string(), base);
-                    evidence.insert("z".to_string(), z);
+                    evidence.insert("value".into(), v);
+                    evidence.insert("baseline_mean".into(), base);
+                    evidence.insert("z".into(), z);
                     out.push(KpiOutput::Deviation(Box::new(kpi_deviation(
                         DeviationType::KpiAnomaly,
                         rule.severity,
@@ -444,7 +444,7 @@ fn kpi_deviation(
     severity: Severity,
     kpi: &Kpi,
     rec: &KpiRecord,
-    evidence: BTreeMap<String, f64>,
+    evidence: crate::model::records::Evidence,
 ) -> Deviation {
     let dims = dims_key(&rec.dims);
     let scope = if dims.is_empty() {
@@ -456,8 +456,9 @@ fn kpi_deviation(
         DeviationType::KpiAnomaly => "is anomalous",
         _ => "breached its threshold",
     };
-    let mut context = rec.dims.clone();
-    context.insert("kpi".to_string(), kpi.name.clone());
+    let mut context: crate::model::records::Context =
+        rec.dims.iter().map(|(k, v)| (k.into(), v.into())).collect();
+    context.insert("kpi".into(), kpi.name.as_str().into());
     Deviation {
         id: format!(
             "{}:{}:{}:{}",

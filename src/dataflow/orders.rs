@@ -22,7 +22,7 @@ use crate::config::pipeline::{Kpi, Measure, PipelineSpec, Severity};
 use crate::dataflow::risk_model::RiskSnapshot;
 use crate::model::event::{EventBody, OrderEvent};
 use crate::model::facts::{cents, Dims, Fact, FactField, FactFlag, FactKind};
-use crate::model::records::{Deviation, DeviationType};
+use crate::model::records::{Context, Deviation, DeviationType};
 use crate::model::time::TickClock;
 
 /// Labels of a dimension set, in the set's order.
@@ -334,9 +334,9 @@ impl OrderState {
                             &rec.dims,
                             ts,
                             vec![
-                                ("attempt".into(), n as f64),
+                                ("attempt", n as f64),
                                 (
-                                    "amount".into(),
+                                    "amount",
                                     rec.created
                                         .as_ref()
                                         .map_or(0.0, |c| c.amount_cents as f64 / 100.0),
@@ -400,7 +400,7 @@ impl OrderState {
                             order_id,
                             &rec.dims,
                             ts,
-                            vec![("exception".into(), n as f64)],
+                            vec![("exception", n as f64)],
                             format!("carrier exception on order {order_id}: {reason}"),
                         ));
                     }
@@ -446,10 +446,7 @@ impl OrderState {
                                 order_id,
                                 &rec.dims,
                                 ts,
-                                vec![
-                                    ("ordered_qty".into(), o as f64),
-                                    ("delivered_qty".into(), d as f64),
-                                ],
+                                vec![("ordered_qty", o as f64), ("delivered_qty", d as f64)],
                                 format!("order {order_id} delivered {d} of {o} units"),
                             ));
                         }
@@ -490,10 +487,7 @@ impl OrderState {
                         order_id,
                         &rec.dims,
                         ts,
-                        vec![
-                            ("amount".into(), *amount),
-                            ("is_return".into(), is_return as u8 as f64),
-                        ],
+                        vec![("amount", *amount), ("is_return", is_return as u8 as f64)],
                         format!("{what} of {amount:.2} requested for order {order_id}: {reason}"),
                     ));
                 }
@@ -633,8 +627,8 @@ impl OrderState {
                         &rec.dims,
                         deadline,
                         vec![
-                            ("ship_within_hours".into(), c.ship_within_ms as f64 / 3.6e6),
-                            ("hours_since_order".into(), (deadline - c.ts) as f64 / 3.6e6),
+                            ("ship_within_hours", c.ship_within_ms as f64 / 3.6e6),
+                            ("hours_since_order", (deadline - c.ts) as f64 / 3.6e6),
                         ],
                         format!(
                             "order {order_id} not shipped within {:.0} h of creation",
@@ -654,11 +648,8 @@ impl OrderState {
                         &rec.dims,
                         deadline,
                         vec![
-                            ("promised_ts".into(), promised as f64),
-                            (
-                                "grace_hours".into(),
-                                dev.sla_delivery.grace.ms() as f64 / 3.6e6,
-                            ),
+                            ("promised_ts", promised as f64),
+                            ("grace_hours", dev.sla_delivery.grace.ms() as f64 / 3.6e6),
                         ],
                         format!(
                             "order {order_id} not delivered by its promise (+{} grace)",
@@ -679,7 +670,7 @@ impl OrderState {
                         order_id,
                         &rec.dims,
                         deadline,
-                        vec![("hours_in_transit".into(), (deadline - shipped) as f64 / 3.6e6)],
+                        vec![("hours_in_transit", (deadline - shipped) as f64 / 3.6e6)],
                         format!("order {order_id} shipped but not delivered within the expected transit window"),
                     ));
                 }
@@ -728,13 +719,13 @@ fn route_of(d: &Dims) -> Option<Route> {
 }
 
 /// The dims of an order as deviation context.
-pub fn dims_context(d: &Dims) -> std::collections::BTreeMap<String, String> {
+pub fn dims_context(d: &Dims) -> Context {
     use crate::model::facts::Dimension;
     Dimension::ALL
         .iter()
         .filter_map(|dim| {
             d.get(*dim)
-                .map(|v| (dim.as_str().to_string(), v.to_string()))
+                .map(|v| (CompactString::const_new(dim.as_str()), v.clone()))
         })
         .collect()
 }
@@ -747,7 +738,7 @@ fn order_deviation(
     order_id: &str,
     dims: &Dims,
     event_time: i64,
-    evidence: Vec<(String, f64)>,
+    evidence: Vec<(&'static str, f64)>,
     summary: String,
 ) -> Deviation {
     Deviation {
@@ -756,7 +747,10 @@ fn order_deviation(
         severity,
         order_id: Some(order_id.to_string()),
         context: dims_context(dims),
-        evidence: evidence.into_iter().collect(),
+        evidence: evidence
+            .into_iter()
+            .map(|(k, v)| (CompactString::const_new(k), v))
+            .collect(),
         summary,
         event_time,
         detected_at: crate::dataflow::wall_clock_ms(),

@@ -199,10 +199,10 @@ impl RiskState {
             };
             let hours_left = (o.snapshot.promised_ts - now) as f64 / 3.6e6;
             let mut evidence = BTreeMap::new();
-            evidence.insert("risk".to_string(), risk_ppm as f64 / 1e6);
-            evidence.insert("hours_to_promise".to_string(), hours_left);
-            evidence.insert("route_deliveries".to_string(), stats.deliveries as f64);
-            evidence.insert("route_late".to_string(), stats.late as f64);
+            evidence.insert("risk".into(), risk_ppm as f64 / 1e6);
+            evidence.insert("hours_to_promise".into(), hours_left);
+            evidence.insert("route_deliveries".into(), stats.deliveries as f64);
+            evidence.insert("route_late".into(), stats.late as f64);
             out.deviations.push(Deviation {
                 id: format!("predicted_delay:{order_id}:{label}"),
                 kind: DeviationType::PredictedDelay,

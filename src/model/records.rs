@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::config::pipeline::Severity;
@@ -53,6 +54,13 @@ impl KpiRecord {
     }
 }
 
+/// Segment context of a deviation (dimension or KPI name -> value). Inline strings: building
+/// one does not allocate per entry.
+pub type Context = BTreeMap<CompactString, CompactString>;
+
+/// The numbers that fired a deviation.
+pub type Evidence = BTreeMap<CompactString, f64>;
+
 /// Kinds of deviation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -98,9 +106,9 @@ pub struct Deviation {
     /// The order concerned (per-order rules).
     pub order_id: Option<String>,
     /// Segment context: the order's dimensions, or the KPI's dimension values.
-    pub context: BTreeMap<String, String>,
+    pub context: Context,
     /// The numbers that fired the rule.
-    pub evidence: BTreeMap<String, f64>,
+    pub evidence: Evidence,
     /// Human-readable one-line summary.
     pub summary: String,
     /// Event time the condition became true (epoch ms).
@@ -110,7 +118,7 @@ pub struct Deviation {
 }
 
 /// `k=v,k=v` in key order; empty for the global series. Used in KPI keys and deviation ids.
-pub fn dims_key(dims: &BTreeMap<String, String>) -> String {
+pub fn dims_key<K: std::fmt::Display, V: std::fmt::Display>(dims: &BTreeMap<K, V>) -> String {
     dims.iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()

@@ -240,7 +240,7 @@ pub fn aggregate(
                     DeviationType::KpiThresholdBreach,
                     severity,
                     None,
-                    c.dims.clone(),
+                    c.dims.iter().map(|(k, v)| (k.into(), v.into())).collect(),
                     c.window_end,
                 ));
             }
@@ -275,7 +275,7 @@ pub fn aggregate(
                         DeviationType::KpiAnomaly,
                         rule.severity,
                         None,
-                        c.dims.clone(),
+                        c.dims.iter().map(|(k, v)| (k.into(), v.into())).collect(),
                         c.window_end,
                     ));
                 }

@@ -14,7 +14,7 @@ use fulfillment_ai::config::pipeline::Severity;
 use fulfillment_ai::config::PipelineSpec;
 use fulfillment_ai::dataflow::risk_model::RiskSnapshot;
 use fulfillment_ai::model::facts::{cents, Dims, Fact, FactField, FactFlag, FactKind};
-use fulfillment_ai::model::records::dims_key;
+use fulfillment_ai::model::records::{dims_key, Context};
 use fulfillment_ai::model::{Deviation, DeviationType, EventBody, EventType, OrderEvent};
 
 use super::ingest::Accepted;
@@ -152,7 +152,7 @@ impl Record {
 }
 
 /// The context map of a per-order deviation: the order's known dims.
-pub fn dims_map(d: &Dims) -> BTreeMap<String, String> {
+pub fn dims_map(d: &Dims) -> Context {
     let mut m = BTreeMap::new();
     for (k, v) in [
         ("region", &d.region),
@@ -162,7 +162,7 @@ pub fn dims_map(d: &Dims) -> BTreeMap<String, String> {
         ("carrier", &d.carrier),
     ] {
         if let Some(v) = v {
-            m.insert(k.to_string(), v.to_string());
+            m.insert(k.into(), v.as_str().into());
         }
     }
     m
@@ -173,7 +173,7 @@ pub fn deviation(
     kind: DeviationType,
     severity: Severity,
     order_id: Option<&str>,
-    context: BTreeMap<String, String>,
+    context: Context,
     event_time: i64,
 ) -> Deviation {
     Deviation {
