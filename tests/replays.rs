@@ -9,6 +9,8 @@
 mod common;
 mod oracle;
 
+mod dataset;
+use dataset::superstore_dataset;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
@@ -17,9 +19,7 @@ use fulfillment_ai::config::PipelineSpec;
 use fulfillment_ai::model::{DeviationType, KpiStatus};
 use fulfillment_ai::sources::generator::{GeneratorConfig, GeneratorSource, Incident};
 use fulfillment_ai::sources::memory::MemoryPartitions;
-use fulfillment_ai::sources::superstore::{
-    default_dataset_path, superstore_source, SuperstoreConfig,
-};
+use fulfillment_ai::sources::superstore::{superstore_source, SuperstoreConfig};
 use fulfillment_ai::sources::Source;
 
 const DAY: i64 = 86_400_000;
@@ -246,26 +246,6 @@ fn generator_replay_equals_oracle_and_is_plausible() {
         .iter()
         .any(|k| k.kpi == "on_time_rate" && k.status == KpiStatus::Ok));
     assert!(o.final_kpis.iter().all(|k| k.is_final));
-}
-
-fn superstore_dataset() -> Option<std::path::PathBuf> {
-    let path = default_dataset_path();
-    if path.exists() {
-        return Some(path);
-    }
-    let ci = std::env::var("CI")
-        .map(|v| !v.is_empty() && v != "false" && v != "0")
-        .unwrap_or(false);
-    assert!(
-        !ci,
-        "{} is missing under CI: run scripts/fetch_dataset.sh first",
-        path.display()
-    );
-    eprintln!(
-        "skipping the Superstore replay: {} not found (run scripts/fetch_dataset.sh)",
-        path.display()
-    );
-    None
 }
 
 #[test]

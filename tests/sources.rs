@@ -3,35 +3,16 @@
 //! Without the CSV these tests print why and pass, unless `CI` is set: CI fetches the data first,
 //! so there a missing dataset is a failure.
 
+mod dataset;
+use dataset::superstore_dataset;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 
 use fulfillment_ai::config::PipelineSpec;
 use fulfillment_ai::model::{decode_event, EventBody, OrderEvent};
 use fulfillment_ai::sources::superstore::{
-    default_dataset_path, lifecycle_events, load_orders, superstore_source, SuperstoreConfig,
+    lifecycle_events, load_orders, superstore_source, SuperstoreConfig,
 };
 use fulfillment_ai::sources::Source;
-
-fn dataset() -> Option<PathBuf> {
-    let path = default_dataset_path();
-    if path.exists() {
-        return Some(path);
-    }
-    let ci = std::env::var("CI")
-        .map(|v| !v.is_empty() && v != "false" && v != "0")
-        .unwrap_or(false);
-    assert!(
-        !ci,
-        "{} is missing under CI: run scripts/fetch_dataset.sh first",
-        path.display()
-    );
-    eprintln!(
-        "skipping: {} not found (run scripts/fetch_dataset.sh)",
-        path.display()
-    );
-    None
-}
 
 /// Per-order summary of a replay: (created ts, promised ts, region, shipped ts, carrier, delivered ts).
 #[derive(Default)]
@@ -68,7 +49,9 @@ fn by_order(events: &[OrderEvent]) -> HashMap<&str, OrderView> {
 
 #[test]
 fn superstore_orders_match_the_csv() {
-    let Some(path) = dataset() else { return };
+    let Some(path) = superstore_dataset() else {
+        return;
+    };
     let orders = load_orders(&path).unwrap();
     let mut reader = csv::Reader::from_path(&path).unwrap();
     let id_col = reader
@@ -97,7 +80,9 @@ fn superstore_orders_match_the_csv() {
 
 #[test]
 fn superstore_replay_is_sane_and_on_time_rate_is_realistic() {
-    let Some(path) = dataset() else { return };
+    let Some(path) = superstore_dataset() else {
+        return;
+    };
     let spec = PipelineSpec::builtin();
     let cfg = SuperstoreConfig::default();
     let orders = load_orders(&path).unwrap();
@@ -171,7 +156,9 @@ fn superstore_replay_is_sane_and_on_time_rate_is_realistic() {
 
 #[test]
 fn superstore_replay_is_deterministic_and_seeded() {
-    let Some(path) = dataset() else { return };
+    let Some(path) = superstore_dataset() else {
+        return;
+    };
     let spec = PipelineSpec::builtin();
     let orders = load_orders(&path).unwrap();
     let cfg = SuperstoreConfig::default();
@@ -202,7 +189,9 @@ fn superstore_replay_is_deterministic_and_seeded() {
 
 #[test]
 fn superstore_source_partitions_by_order_and_keeps_arrival_order() {
-    let Some(path) = dataset() else { return };
+    let Some(path) = superstore_dataset() else {
+        return;
+    };
     let spec = PipelineSpec::builtin();
     let cfg = SuperstoreConfig {
         duplicate_rate: 0.02,

@@ -238,10 +238,6 @@ impl CellState {
         }
     }
 
-    pub fn open_cells(&self) -> usize {
-        self.cells.len()
-    }
-
     fn cell(&mut self, key: CellKey, labels: &Labels) -> &mut Cell {
         let kpi = &self.spec.compiled[key.kpi as usize];
         let clock = self.clock;

@@ -83,10 +83,6 @@ impl RiskState {
         }
     }
 
-    pub fn open_orders(&self) -> usize {
-        self.open.len()
-    }
-
     pub fn stash(&mut self, update: RiskUpdate) {
         self.stash.entry(update.tick).or_default().push(update);
     }
