@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod config;
 pub mod dataflow;
+pub mod kafka;
 pub mod model;
 pub mod sinks;
 pub mod sources;

@@ -14,9 +14,13 @@ use clap::{Args, Parser, Subcommand};
 use fulfillment_ai::bench;
 use fulfillment_ai::config::{AppConfig, PipelineSpec};
 use fulfillment_ai::dataflow::{run_job, JobOptions, JobReport, Pacing};
+use fulfillment_ai::kafka::load::LoadOptions;
+use fulfillment_ai::kafka::{create_topics, TopicOutcome, Topics};
+use fulfillment_ai::sinks::kafka::KafkaSinkConfig;
 use fulfillment_ai::sources::chain::{Chain, RateLimited};
 use fulfillment_ai::sources::generator::{GeneratorConfig, GeneratorSource};
 use fulfillment_ai::sources::jsonl::load_jsonl;
+use fulfillment_ai::sources::kafka::{KafkaSource, KafkaSourceConfig, StartOffsets};
 use fulfillment_ai::sources::memory::MemoryPartitions;
 use fulfillment_ai::sources::superstore::{
     default_dataset_path, superstore_source, SuperstoreConfig,
@@ -52,6 +56,49 @@ enum Command {
     Validate(PipelineArg),
     /// Measure throughput, memory and risk-score quality.
     Bench(BenchArgs),
+    /// Load generator: write generated or replayed events into the order-events topic.
+    Produce(ProduceArgs),
+    /// Kafka administration: create or list the job's topics.
+    Kafka(KafkaArgs),
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    #[command(flatten)]
+    pipeline: PipelineArg,
+    /// `generator` (live, endless unless --events), `superstore`, or `jsonl:PATH`.
+    #[arg(long, default_value = "generator")]
+    source: String,
+    /// Events per second, or `max` for flat out.
+    #[arg(long, default_value = "max")]
+    rate: String,
+    /// Stop after this many events.
+    #[arg(long)]
+    events: Option<u64>,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Topic (default: the order_events topic of the topics file).
+    #[arg(long)]
+    topic: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct KafkaArgs {
+    #[command(flatten)]
+    pipeline: PipelineArg,
+    #[command(subcommand)]
+    command: KafkaCommand,
+}
+
+#[derive(Subcommand)]
+enum KafkaCommand {
+    /// Create the topics of the topics file that do not exist yet.
+    CreateTopics,
+    /// List the job's topics with partitions and end offsets.
+    Topics,
 }
 
 #[derive(Args, Clone)]
@@ -109,6 +156,16 @@ struct RunArgs {
     /// Stop after this many seconds (default: run until interrupted or the source ends).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Kafka source: stop at the end offsets the topic had at start (a bounded replay).
+    #[arg(long)]
+    until_end: bool,
+    /// Kafka source: start at the `earliest` (default) or `latest` offsets.
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    /// Also produce KPIs, deviations, dead letters and late events to Kafka (always on with
+    /// `--source kafka`).
+    #[arg(long)]
+    kafka_out: bool,
 }
 
 #[derive(Args)]
@@ -160,6 +217,19 @@ struct BenchArgs {
     /// Print results as JSON.
     #[arg(long)]
     json: bool,
+    /// Kafka benchmarks against the configured broker (KAFKA_BOOTSTRAP_SERVERS): consume
+    /// throughput of the job vs a bare consumer, and end-to-end latency at --rates.
+    #[arg(long)]
+    kafka: bool,
+    /// Events for the Kafka consume benchmark.
+    #[arg(long, default_value_t = 400_000)]
+    kafka_events: usize,
+    /// Input rates for the latency benchmark (events/s, or `max`), comma separated.
+    #[arg(long, default_value = "5000,20000,max", value_delimiter = ',')]
+    rates: Vec<String>,
+    /// Seconds of input per latency measurement.
+    #[arg(long, default_value_t = 20.0)]
+    latency_seconds: f64,
     /// Internal: run one memory probe with this many open orders and print the RSS in bytes.
     #[arg(long, hide = true)]
     memory_probe: Option<usize>,
@@ -185,6 +255,8 @@ fn real_main() -> Result<()> {
         Command::Generate(a) => generate(a),
         Command::Validate(a) => validate(a),
         Command::Bench(a) => bench_cmd(a),
+        Command::Produce(a) => produce(a),
+        Command::Kafka(a) => kafka_cmd(a),
     }
 }
 
@@ -260,6 +332,7 @@ fn job_options(app: &AppConfig, verbose: bool) -> Result<JobOptions> {
         keep_in_memory: false,
         echo: verbose,
         kpi_update_interval: Duration::from_millis(app.kpi_update_interval.ms().max(0) as u64),
+        max_event_bytes: app.max_event_bytes,
         ..JobOptions::default()
     })
 }
@@ -274,7 +347,26 @@ fn run(a: RunArgs) -> Result<()> {
     }
     let spec = load_spec(&app)?;
     let rate = app.rate;
+    let mut kafka_progress = None;
+    let mut graceful_stop = None;
     let source: Arc<dyn Source> = match app.source.as_str() {
+        "kafka" => {
+            let topics = Topics::load(&app.kafka.topics_file)?;
+            let start = match a.from.as_str() {
+                "earliest" => StartOffsets::Earliest,
+                "latest" => StartOffsets::Latest,
+                other => bail!("--from `{other}`: use earliest or latest"),
+            };
+            let source = KafkaSource::connect(KafkaSourceConfig {
+                kafka: app.kafka.clone(),
+                topic: topics.order_events.name.clone(),
+                start,
+                bounded: a.until_end,
+            })?;
+            kafka_progress = Some(source.progress());
+            graceful_stop = Some(source.stop_handle());
+            Arc::new(source)
+        }
         "default" => {
             let history = superstore(&spec)?;
             let start = latest_ts(&history).unwrap_or(0) + 3_600_000;
@@ -291,10 +383,18 @@ fn run(a: RunArgs) -> Result<()> {
                 load_jsonl(path.as_ref(), spec.time.partitions)
                     .with_context(|| format!("reading {path}"))?,
             ),
-            None => bail!("source `{other}`: use default, superstore, generator or jsonl:PATH"),
+            None => {
+                bail!("source `{other}`: use default, superstore, generator, kafka or jsonl:PATH")
+            }
         },
     };
-    let opts = job_options(&app, a.job.verbose)?;
+    let mut opts = job_options(&app, a.job.verbose)?;
+    if a.kafka_out || kafka_progress.is_some() {
+        opts.kafka_sink = Some(KafkaSinkConfig::from_settings(
+            &app.kafka,
+            Some(app.out_dir.clone()),
+        )?);
+    }
     let out = app.out_dir.clone();
     println!(
         "fulfillment-ai: {} with {} workers",
@@ -316,7 +416,44 @@ fn run(a: RunArgs) -> Result<()> {
         "  follow     tail -f {}/deviations.jsonl   (stop with Ctrl-C)",
         out.display()
     );
-    if let Some(secs) = a.seconds {
+    if let Some(t) = &opts.kafka_sink {
+        println!(
+            "  kafka out  {} (KPIs), {} (deviations), {} (dead letters), {} (late)",
+            t.topics.kpis.name,
+            t.topics.deviations.name,
+            t.topics.dead_letters.name,
+            t.topics.late_events.name
+        );
+    }
+    if let Some(progress) = kafka_progress {
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(10));
+            let (n, b) = progress.consumed();
+            tracing::info!(
+                consumed = n,
+                consumed_mb = b / 1_000_000,
+                lag = progress.total_lag(),
+                "kafka source"
+            );
+        });
+    }
+    if let Some(stop) = graceful_stop.clone() {
+        // First Ctrl-C: stop consuming, drain, flush the sinks. Second: exit at once.
+        ctrlc::set_handler(move || {
+            if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("fulfillment-ai: stopping (draining and flushing; Ctrl-C again to abort)");
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    if let (Some(secs), Some(stop)) = (a.seconds, graceful_stop) {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(secs));
+            println!("fulfillment-ai: --seconds {secs} reached, stopping");
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    } else if let Some(secs) = a.seconds {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(secs));
             println!("fulfillment-ai: --seconds {secs} reached, stopping");
@@ -325,6 +462,16 @@ fn run(a: RunArgs) -> Result<()> {
     }
     let report = run_job(&spec, source, &opts)?;
     print_summary(&report, &out);
+    if let Some(k) = report.kafka {
+        if k.undelivered > 0 {
+            bail!(
+                "{} of {} Kafka messages were undeliverable (written to {}/undelivered.jsonl)",
+                k.undelivered,
+                k.produced,
+                out.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -364,7 +511,135 @@ fn print_summary(r: &JobReport, out: &std::path::Path) {
         c.final_kpis,
         c.deviations
     );
+    if let Some(k) = &r.kafka {
+        println!(
+            "kafka: {} messages produced, {} delivered, {} re-sent, {} undeliverable",
+            k.produced, k.delivered, k.retried, k.undelivered
+        );
+    }
     println!("outputs in {}/", out.display());
+}
+
+fn produce(a: ProduceArgs) -> Result<()> {
+    let app = a.pipeline.settings()?;
+    let spec = load_spec(&app)?;
+    let topics = Topics::load(&app.kafka.topics_file)?;
+    let rate = match a.rate.as_str() {
+        "max" => None,
+        r => match r.parse::<f64>() {
+            Ok(v) if v > 0.0 && v.is_finite() => Some(v),
+            _ => bail!("--rate `{r}`: use `max` or events per second"),
+        },
+    };
+    let per_partition = a
+        .events
+        .map(|n| n.div_ceil(spec.time.partitions as u64) as usize);
+    let source: Arc<dyn Source> = match a.source.as_str() {
+        "generator" => match per_partition {
+            Some(n) => Arc::new(generator(&spec, a.seed, None, None).materialize(Some(n))),
+            None => Arc::new(generator(&spec, a.seed, None, None)),
+        },
+        "superstore" => Arc::new(superstore(&spec)?),
+        other => match other.strip_prefix("jsonl:") {
+            Some(path) => Arc::new(
+                load_jsonl(path.as_ref(), spec.time.partitions)
+                    .with_context(|| format!("reading {path}"))?,
+            ),
+            None => bail!("--source `{other}`: use generator, superstore or jsonl:PATH"),
+        },
+    };
+    let topic = a.topic.unwrap_or_else(|| topics.order_events.name.clone());
+    let bar = if a.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        match a.events {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::no_length(),
+        }
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{wide_bar}] {human_pos}/{human_len} events {per_sec} {msg}",
+        )
+        .expect("valid template"),
+    );
+    eprintln!(
+        "producing {} to {topic} on {} at {}",
+        source.describe(),
+        app.kafka.bootstrap_servers,
+        rate.map_or("full speed".into(), |r| format!("{r} events/s"))
+    );
+    let report = fulfillment_ai::kafka::load::produce(
+        &app.kafka,
+        &topics,
+        source.as_ref(),
+        &LoadOptions {
+            topic: topic.clone(),
+            rate,
+            max_events: a.events,
+        },
+        |events, bytes| {
+            bar.set_position(events);
+            bar.set_message(format!("{:.1} MB", bytes as f64 / 1e6));
+        },
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "produced {} events ({:.1} MB) to {topic} in {:.2}s: {:.0} events/s, {} acknowledged, {} undeliverable",
+        report.events,
+        report.bytes as f64 / 1e6,
+        report.seconds,
+        report.events_per_sec(),
+        report.delivered,
+        report.undelivered
+    );
+    if report.undelivered > 0 {
+        bail!("{} events were not delivered", report.undelivered);
+    }
+    Ok(())
+}
+
+fn kafka_cmd(a: KafkaArgs) -> Result<()> {
+    let app = a.pipeline.settings()?;
+    let topics = Topics::load(&app.kafka.topics_file)?;
+    match a.command {
+        KafkaCommand::CreateTopics => {
+            for (name, outcome) in create_topics(&app.kafka, &topics)? {
+                let what = match outcome {
+                    TopicOutcome::Created => "created",
+                    TopicOutcome::AlreadyExisted => "exists",
+                };
+                println!("topic {name}: {what}");
+            }
+        }
+        KafkaCommand::Topics => {
+            let consumer: rdkafka::consumer::BaseConsumer =
+                fulfillment_ai::kafka::client_config(&app.kafka, &[]).create()?;
+            use rdkafka::consumer::Consumer;
+            for (role, t) in topics.all() {
+                match fulfillment_ai::kafka::partition_count(
+                    consumer.client(),
+                    &t.name,
+                    Duration::from_secs(10),
+                ) {
+                    Ok(n) => {
+                        let mut total = 0;
+                        for p in 0..n {
+                            let (low, high) = consumer.fetch_watermarks(
+                                &t.name,
+                                p as i32,
+                                Duration::from_secs(10),
+                            )?;
+                            total += high - low;
+                        }
+                        println!("{role:<13} {:<28} {n} partitions, {total} messages", t.name);
+                    }
+                    Err(e) => println!("{role:<13} {:<28} missing ({e:#})", t.name),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
@@ -477,6 +752,54 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             );
         }
         results.insert("throughput".into(), serde_json::to_value(&rows)?);
+    }
+    if a.kafka {
+        let topics = Topics::load(&app.kafka.topics_file)?;
+        let workers = *a.workers.last().unwrap_or(&2);
+        let per_partition = a.kafka_events.div_ceil(spec.time.partitions as usize);
+        let input = generator(&spec, 13, None, None).materialize(Some(per_partition));
+        let c = fulfillment_ai::kafka::bench::consume_throughput(
+            &spec, &app.kafka, &topics, &input, workers,
+        )?;
+        if !a.json {
+            println!(
+                "kafka consume ({} events, {:.1} MB, {} workers): produce {:.0} ev/s; bare consumer {:.0} ev/s; job {:.0} ev/s ({:.2}x bare); job with Kafka sinks {:.0} ev/s ({:.2}x bare)",
+                c.events, c.bytes as f64 / 1e6, c.workers, c.produce_events_per_sec, c.bare_consumer_events_per_sec,
+                c.job_events_per_sec, c.job_over_bare, c.job_with_kafka_sinks_events_per_sec, c.job_with_kafka_sinks_over_bare
+            );
+        }
+        results.insert("kafka_consume".into(), serde_json::to_value(&c)?);
+        let mut rows = Vec::new();
+        for r in &a.rates {
+            let rate = match r.as_str() {
+                "max" => None,
+                v => Some(
+                    v.parse::<f64>()
+                        .with_context(|| format!("--rates: `{v}` is not a number"))?,
+                ),
+            };
+            let needed = rate.map_or(2_000_000.0, |r| r * a.latency_seconds * 1.2);
+            let per_partition = (needed as usize).div_ceil(spec.time.partitions as usize);
+            let input = generator(&spec, 17, None, None).materialize(Some(per_partition));
+            let l = fulfillment_ai::kafka::bench::latency(
+                &spec,
+                &app.kafka,
+                &topics,
+                &input,
+                workers,
+                rate,
+                a.latency_seconds,
+            )?;
+            if !a.json {
+                println!(
+                    "kafka latency at {} ({} workers): achieved {:.0} ev/s over {} events; KPI records {} p50 {:.0} ms p99 {:.0} ms max {:.0} ms; lag at end {} events, caught up in {:.2}s",
+                    rate.map_or("max".to_string(), |r| format!("{r:.0} ev/s")),
+                    workers, l.achieved_rate, l.events, l.samples, l.p50_ms, l.p99_ms, l.max_ms, l.lag_at_end, l.catch_up_seconds
+                );
+            }
+            rows.push(l);
+        }
+        results.insert("kafka_latency".into(), serde_json::to_value(&rows)?);
     }
     if a.risk_quality {
         let mut quality = serde_json::Map::new();

@@ -20,12 +20,13 @@ fn created(order: &str, ts: i64) -> String {
     )
 }
 
-/// A scripted live partition: idle until `wake_after`, then its events, then idle until
-/// `finish_after`, then finished.
+/// A scripted live partition: idle until `wake_after`, then its events (event `i` is available
+/// from `wake_after + i * gap`), then idle until `finish_after`, then finished.
 struct Scripted {
     partition: u32,
     started: Instant,
     wake_after: Duration,
+    gap: Duration,
     finish_after: Duration,
     events: Vec<String>,
     next: usize,
@@ -41,13 +42,22 @@ impl PartitionReader for Scripted {
         if elapsed < self.wake_after {
             return PollStatus::Idle;
         }
-        if self.next < self.events.len() {
+        let due = if self.gap.is_zero() {
+            self.events.len()
+        } else {
+            (((elapsed - self.wake_after).as_nanos() / self.gap.as_nanos()) as usize + 1)
+                .min(self.events.len())
+        };
+        if self.next < due {
             batch.first_offset = self.next as u64;
-            for e in self.events[self.next..].iter().take(max_events) {
+            for e in self.events[self.next..due].iter().take(max_events) {
                 batch.push(e.as_bytes());
                 self.next += 1;
             }
             return PollStatus::Ready;
+        }
+        if self.next < self.events.len() {
+            return PollStatus::Idle;
         }
         if elapsed < self.finish_after {
             PollStatus::Idle
@@ -68,10 +78,13 @@ impl Source for TwoLivePartitions {
     }
     fn readers(&self, worker: usize, peers: usize) -> Vec<Box<dyn PartitionReader>> {
         let started = Instant::now();
+        // The busy partition delivers an event every 10 ms for 400 ms, so it is never idle
+        // while the sleepy one is (idle timeout 100 ms): the frontier follows the busy one.
         let busy = Scripted {
             partition: 0,
             started,
             wake_after: Duration::ZERO,
+            gap: Duration::from_millis(10),
             finish_after: Duration::from_millis(900),
             events: (0..40)
                 .map(|i| created(&format!("a{i}"), T0 + i * 15 * 60_000))
@@ -82,6 +95,7 @@ impl Source for TwoLivePartitions {
             partition: 1,
             started,
             wake_after: Duration::from_millis(500),
+            gap: Duration::ZERO,
             finish_after: Duration::from_millis(600),
             events: vec![created("b0", T0)],
             next: 0,

@@ -4,6 +4,7 @@
 //! In: an optional file path and the process environment. Out: an [`AppConfig`], or a
 //! [`SpecError`] naming the file (or environment variable), the key and the reason.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,33 @@ pub struct AppConfig {
     pub rate: f64,
     pub speed: String,
     pub kpi_update_interval: Duration,
+    /// Events larger than this many bytes are dead-lettered as oversize.
+    pub max_event_bytes: usize,
+    pub kafka: KafkaConfig,
+}
+
+/// Where the Kafka-compatible cluster is and how to talk to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers` (environment: `KAFKA_BOOTSTRAP_SERVERS`).
+    pub bootstrap_servers: String,
+    /// Topic names, partitions and retention of every role (order events, KPIs, ...).
+    pub topics_file: PathBuf,
+    /// Extra librdkafka properties for every client, e.g. `security.protocol: SASL_SSL`.
+    /// Environment variables `KAFKA_<NAME>` add `<name>` with `_` read as `.`
+    /// (`KAFKA_SASL_MECHANISMS` -> `sasl.mechanisms`).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            topics_file: PathBuf::from("config/kafka/topics.yaml"),
+            properties: BTreeMap::new(),
+        }
+    }
 }
 
 impl Default for AppConfig {
@@ -36,6 +64,8 @@ impl Default for AppConfig {
             rate: 500.0,
             speed: "max".into(),
             kpi_update_interval: Duration(250),
+            max_event_bytes: 1 << 20,
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -89,6 +119,15 @@ impl AppConfig {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), SpecError> {
         for (key, value) in env {
+            if let Some(property) = key.strip_prefix("KAFKA_") {
+                let property = property.to_lowercase().replace('_', ".");
+                if property == "bootstrap.servers" {
+                    self.kafka.bootstrap_servers = value;
+                } else if !property.is_empty() {
+                    self.kafka.properties.insert(property, value);
+                }
+                continue;
+            }
             let Some(field) = key.strip_prefix("FULFILLMENT_") else {
                 continue;
             };
@@ -112,6 +151,12 @@ impl AppConfig {
                         .map_err(|_| bad(format!("`{value}` is not a number")))?
                 }
                 "SPEED" => self.speed = value,
+                "MAX_EVENT_BYTES" => {
+                    self.max_event_bytes = value
+                        .parse()
+                        .map_err(|_| bad(format!("`{value}` is not a whole number")))?
+                }
+                "KAFKA_TOPICS_FILE" => self.kafka.topics_file = PathBuf::from(value),
                 "KPI_UPDATE_INTERVAL" => {
                     self.kpi_update_interval = parse_duration(&value).map_err(bad)?
                 }
@@ -146,6 +191,15 @@ impl AppConfig {
                 .is_none_or(|f| f <= 0.0)
         {
             return Err(err("speed", "use `max` or a speed-up like `1x` or `3600x`"));
+        }
+        if self.max_event_bytes < 64 {
+            return Err(err("max_event_bytes", "must be at least 64 bytes"));
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(err(
+                "kafka.bootstrap_servers",
+                "must name at least one host:port",
+            ));
         }
         Ok(())
     }
@@ -187,6 +241,30 @@ mod tests {
         );
         let e = AppConfig::load(None, env(&[("FULFILLMENT_SPEED", "fast")])).unwrap_err();
         assert_eq!(e.path, "speed");
+        let cfg = AppConfig::load(
+            None,
+            env(&[
+                ("KAFKA_BOOTSTRAP_SERVERS", "broker-1:9093,broker-2:9093"),
+                ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                ("KAFKA_SASL_MECHANISMS", "PLAIN"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.kafka.bootstrap_servers, "broker-1:9093,broker-2:9093");
+        assert_eq!(
+            cfg.kafka
+                .properties
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("SASL_SSL")
+        );
+        assert_eq!(
+            cfg.kafka
+                .properties
+                .get("sasl.mechanisms")
+                .map(String::as_str),
+            Some("PLAIN")
+        );
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub struct Ingest {
     batch: RawBatch,
     pacing: Pacing,
     pace_origin: Option<(Instant, i64)>,
+    max_event_bytes: usize,
 }
 
 /// Result of one ingest round.
@@ -62,6 +63,8 @@ pub struct Round {
     /// The worker's new input time, or `None` when every partition has finished.
     pub frontier: Option<u64>,
     pub accepted: usize,
+    /// Raw events read this round (accepted, late or dead-lettered).
+    pub received: u64,
 }
 
 impl Ingest {
@@ -69,6 +72,7 @@ impl Ingest {
         readers: Vec<Box<dyn PartitionReader>>,
         spec: &PipelineSpec,
         pacing: Pacing,
+        max_event_bytes: usize,
     ) -> Self {
         let now = Instant::now();
         Ingest {
@@ -90,6 +94,7 @@ impl Ingest {
             batch: RawBatch::default(),
             pacing,
             pace_origin: None,
+            max_event_bytes,
         }
     }
 
@@ -137,15 +142,24 @@ impl Ingest {
                     for (j, raw) in self.batch.iter().enumerate() {
                         received += 1;
                         let offset = first + j as u64;
-                        match decode_event(raw) {
+                        let decoded = if raw.len() > self.max_event_bytes {
+                            Err(format!(
+                                "oversize event: {} bytes, the limit is {} (max_event_bytes)",
+                                raw.len(),
+                                self.max_event_bytes
+                            ))
+                        } else {
+                            decode_event(raw).map_err(|e| e.to_string())
+                        };
+                        match decoded {
                             Err(e) => {
                                 dead += 1;
                                 tracing::debug!(partition, offset, error = %e, "dead-lettering malformed event");
                                 let _ = sink.send(SinkMessage::DeadLetter(DeadLetter {
                                     partition,
                                     offset,
-                                    reason: e.to_string(),
-                                    raw: String::from_utf8_lossy(raw).into_owned(),
+                                    reason: e,
+                                    raw: raw.to_vec(),
                                 }));
                             }
                             Ok(ev) => {
@@ -187,6 +201,7 @@ impl Ingest {
             return Round {
                 frontier: None,
                 accepted,
+                received,
             };
         }
         let holding = live
@@ -198,6 +213,7 @@ impl Ingest {
         Round {
             frontier: Some(holding.unwrap_or(input_time).max(input_time)),
             accepted,
+            received,
         }
     }
 

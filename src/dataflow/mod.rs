@@ -73,6 +73,10 @@ pub struct JobOptions {
     pub kpi_update_interval: Duration,
     /// Events taken from each partition per ingest round.
     pub batch_per_partition: usize,
+    /// Larger events are dead-lettered as oversize.
+    pub max_event_bytes: usize,
+    /// Also produce the outputs to Kafka topics.
+    pub kafka_sink: Option<crate::sinks::kafka::KafkaSinkConfig>,
 }
 
 impl Default for JobOptions {
@@ -86,6 +90,8 @@ impl Default for JobOptions {
             echo: false,
             kpi_update_interval: Duration::from_millis(250),
             batch_per_partition: 2048,
+            max_event_bytes: 1 << 20,
+            kafka_sink: None,
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct JobReport {
     /// drain (Linux only).
     pub rss_at_input_end: Option<u64>,
     pub elapsed: Duration,
+    /// Kafka delivery totals, when the Kafka sinks were on.
+    pub kafka: Option<crate::sinks::KafkaDelivery>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +140,8 @@ pub enum JobError {
     Worker(String),
     #[error("writing outputs failed: {0}")]
     Output(#[from] std::io::Error),
+    #[error("sink failed: {0:#}")]
+    Sink(anyhow::Error),
 }
 
 /// Per-worker gauges reported back after the run.
@@ -156,6 +166,7 @@ pub fn run_job(
         out_dir: opts.out_dir.clone(),
         keep_in_memory: opts.keep_in_memory,
         echo: opts.echo,
+        kafka: opts.kafka_sink.clone(),
     };
     let collector = std::thread::Builder::new()
         .name("sink-collector".into())
@@ -187,7 +198,8 @@ pub fn run_job(
     }
     let collected = collector
         .join()
-        .map_err(|_| JobError::Worker("sink collector panicked".into()))??;
+        .map_err(|_| JobError::Worker("sink collector panicked".into()))?
+        .map_err(JobError::Sink)?;
     let c = &counters;
     let counters = Counters {
         received: c.received.load(Ordering::Relaxed),
@@ -210,6 +222,7 @@ pub fn run_job(
         peak_live_orders: peak,
         rss_at_input_end,
         elapsed: started.elapsed(),
+        kafka: collected.kafka,
     })
 }
 
@@ -459,7 +472,12 @@ fn run_worker(
             .probe_with(&probe);
     });
 
-    let mut ingest = ingest::Ingest::new(source.readers(index, peers), &spec, opts.pacing);
+    let mut ingest = ingest::Ingest::new(
+        source.readers(index, peers),
+        &spec,
+        opts.pacing,
+        opts.max_event_bytes,
+    );
     let mut batch = Vec::with_capacity(opts.batch_per_partition * 2);
     let mut stats = WorkerStats::default();
     let mut since_sync = 0usize;
@@ -496,8 +514,9 @@ fn run_worker(
             worker.step_while(|| probe.less_than(&t));
         }
         stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
-        if round.accepted == 0 {
-            std::thread::yield_now();
+        if round.received == 0 {
+            // Nothing new: park briefly unless the dataflow has work, instead of spinning.
+            worker.step_or_park(Some(Duration::from_millis(1)));
         }
     }
     let t = *input.time();

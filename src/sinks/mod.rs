@@ -1,10 +1,13 @@
 //! Sinks: the collector that receives everything the job emits (KPI records, deviations, dead
-//! letters, late events, risk scores), writes it as JSONL files to an output directory, and
-//! builds the [`JobReport`](crate::dataflow::JobReport).
+//! letters, late events, risk scores), writes it as JSONL files to an output directory and, when
+//! configured, to Kafka topics ([`kafka`]), and builds the [`JobReport`](crate::dataflow::JobReport).
 //!
 //! In: [`SinkMessage`]s over a channel from the timely workers and the ingest loops. Out: files
-//! `kpis.jsonl`, `deviations.jsonl`, `dead_letters.jsonl`, `late_events.jsonl` and in-memory
-//! results. Deviations and dead letters are never dropped: the channel is unbounded.
+//! `kpis.jsonl`, `deviations.jsonl`, `dead_letters.jsonl`, `late_events.jsonl`, Kafka messages,
+//! and in-memory results. Deviations and dead letters are never dropped: the channel is
+//! unbounded.
+
+pub mod kafka;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -21,7 +24,21 @@ pub struct DeadLetter {
     pub partition: u32,
     pub offset: u64,
     pub reason: String,
-    pub raw: String,
+    /// The event's bytes exactly as received (JSONL shows them as text, invalid UTF-8 replaced).
+    #[serde(with = "bytes_as_text")]
+    pub raw: Vec<u8>,
+}
+
+mod bytes_as_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(raw: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(raw))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(d)?.into_bytes())
+    }
 }
 
 /// An event that arrived behind its partition's watermark plus allowed lateness.
@@ -54,6 +71,17 @@ pub struct Collected {
     pub dead_letters: Vec<DeadLetter>,
     pub late_events: Vec<LateEvent>,
     pub risk_scores: Vec<RiskScore>,
+    /// Kafka delivery totals, when the Kafka sinks were on.
+    pub kafka: Option<KafkaDelivery>,
+}
+
+/// What the Kafka sinks delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KafkaDelivery {
+    pub produced: u64,
+    pub delivered: u64,
+    pub retried: u64,
+    pub undelivered: u64,
 }
 
 struct Files {
@@ -98,22 +126,38 @@ pub struct CollectorOptions {
     pub keep_in_memory: bool,
     /// Print deviations and final global KPIs to stdout as they arrive.
     pub echo: bool,
+    /// Also produce KPIs, deviations, dead letters and late events to Kafka.
+    pub kafka: Option<kafka::KafkaSinkConfig>,
 }
 
 /// Receives until every sender is dropped.
 pub fn collect(
     rx: crossbeam_channel::Receiver<SinkMessage>,
     opts: CollectorOptions,
-) -> std::io::Result<Collected> {
+) -> anyhow::Result<Collected> {
     let mut files = opts.out_dir.as_deref().map(Files::create).transpose()?;
+    let mut producer = opts.kafka.clone().map(kafka::KafkaSink::new).transpose()?;
     let mut c = Collected::default();
-    for msg in rx.iter() {
+    loop {
+        let msg = match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(m) => m,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if let Some(p) = producer.as_mut() {
+                    p.service()?;
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
         match msg {
             SinkMessage::Kpis(records) => {
                 c.kpi_updates += records.len() as u64;
                 for r in records {
                     if let Some(f) = files.as_mut() {
                         write_line(&mut f.kpis, &r)?;
+                    }
+                    if let Some(p) = producer.as_mut() {
+                        p.kpi(&r)?;
                     }
                     if r.is_final {
                         c.final_count += 1;
@@ -139,6 +183,9 @@ pub fn collect(
                     if let Some(f) = files.as_mut() {
                         write_line(&mut f.deviations, &d)?;
                     }
+                    if let Some(p) = producer.as_mut() {
+                        p.deviation(&d)?;
+                    }
                     if opts.echo {
                         println!("DEVIATION {:?} {} {}", d.severity, d.id, d.summary);
                     }
@@ -151,6 +198,9 @@ pub fn collect(
                 if let Some(f) = files.as_mut() {
                     write_line(&mut f.dead_letters, &d)?;
                 }
+                if let Some(p) = producer.as_mut() {
+                    p.dead_letter(&d)?;
+                }
                 if opts.keep_in_memory {
                     c.dead_letters.push(d);
                 }
@@ -158,6 +208,9 @@ pub fn collect(
             SinkMessage::Late(l) => {
                 if let Some(f) = files.as_mut() {
                     write_line(&mut f.late, &l)?;
+                }
+                if let Some(p) = producer.as_mut() {
+                    p.late(&l)?;
                 }
                 if opts.keep_in_memory {
                     c.late_events.push(l);
@@ -171,10 +224,24 @@ pub fn collect(
             if let Some(f) = files.as_mut() {
                 f.flush()?;
             }
+            if let Some(p) = producer.as_mut() {
+                p.service()?;
+            }
         }
     }
     if let Some(mut f) = files {
         f.flush()?;
+    }
+    if let Some(mut p) = producer {
+        p.finish()?;
+        let s = p.stats();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        c.kafka = Some(KafkaDelivery {
+            produced: load(&s.produced),
+            delivered: load(&s.delivered),
+            retried: load(&s.retried),
+            undelivered: load(&s.undelivered),
+        });
     }
     c.final_kpis.sort_by_key(|a| a.key());
     c.deviations.sort_by(|a, b| a.id.cmp(&b.id));

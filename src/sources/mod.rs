@@ -1,7 +1,7 @@
 //! Event sources. A source is a fixed set of logical partitions, each an ordered sequence of raw
 //! event bytes; each timely worker reads the partitions `p` with `p % peers == index`.
 //!
-//! In: a dataset, a generator seed, a JSONL file (Kafka comes with a later issue). Out: raw bytes
+//! In: a dataset, a generator seed, a JSONL file, a Kafka topic. Out: raw bytes
 //! in [`RawBatch`]es, decoded downstream by `dataflow::ingest`. Sources never decode: a malformed
 //! line is the ingest stage's to reject.
 
@@ -9,6 +9,7 @@ pub mod chain;
 pub mod error;
 pub mod generator;
 pub mod jsonl;
+pub mod kafka;
 pub mod memory;
 pub mod superstore;
 
