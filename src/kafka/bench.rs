@@ -137,7 +137,10 @@ fn job_consume(
     let started = Instant::now();
     let report = run_job(spec, Arc::new(source), &opts)?;
     let secs = started.elapsed().as_secs_f64();
-    Ok((report.counters.received, report.counters.received as f64 / secs))
+    Ok((
+        report.counters.received,
+        report.counters.received as f64 / secs,
+    ))
 }
 
 /// Produces `input` to fresh topics, then reads it with a bare consumer, the job, and the job
