@@ -172,7 +172,7 @@ impl KafkaSink {
             ],
         )
         .create_with_context(DeliveryContext { failed, stats })
-        .context("creating the Kafka producer (check the kafka settings)")
+        .context("creating the Kafka producer (check `kafka.properties` in the settings and KAFKA_* environment variables)")
     }
 
     /// Delivery counters.

@@ -172,7 +172,7 @@ impl KafkaSource {
     pub fn connect(cfg: KafkaSourceConfig) -> Result<KafkaSource> {
         let probe: BaseConsumer = client_config(&cfg.kafka, &[("group.id", "fulfillment-ai")])
             .create()
-            .context("creating a Kafka consumer (check the kafka settings)")?;
+            .context("creating a Kafka consumer (check `kafka.properties` in the settings and KAFKA_* environment variables)")?;
         let timeout = Duration::from_secs(15);
         let partitions =
             partition_count(probe.client(), &cfg.topic, timeout).with_context(|| {
@@ -431,5 +431,31 @@ impl PartitionReader for KafkaPartitionReader {
         } else {
             PollStatus::Idle
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_high_watermark_minus_next_offset_once_both_are_known() {
+        let p = KafkaProgress::new("t", 3);
+        assert_eq!(p.lag(0), None, "no statistics yet");
+        p.record_high_watermark(0, 100);
+        assert_eq!(p.lag(0), Some(100), "nothing read yet");
+        p.next_offset[0].store(60, Ordering::Relaxed);
+        p.record_high_watermark(1, 5);
+        p.next_offset[1].store(5, Ordering::Relaxed);
+        assert_eq!((p.lag(0), p.lag(1), p.lag(2)), (Some(40), Some(0), None));
+        assert_eq!(p.total_lag(), 40);
+        p.record_high_watermark(0, -1);
+        assert_eq!(
+            p.lag(0),
+            Some(40),
+            "unknown watermarks from statistics are ignored"
+        );
+        assert_eq!(p.positions(), BTreeMap::from([(0, 60), (1, 5)]));
+        assert_eq!(p.lag(7), None);
     }
 }
