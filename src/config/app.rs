@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::duration::{parse_duration, Duration};
+use crate::config::pipeline::{parse_yaml, read_config_file};
 use crate::config::SpecError;
 
 /// Default location of the settings file, relative to the working directory.
@@ -86,12 +87,7 @@ impl AppConfig {
         let mut cfg = match file {
             None => AppConfig::default(),
             Some(p) => {
-                let name = p.display().to_string();
-                let text = std::fs::read_to_string(p).map_err(|e| SpecError {
-                    file: name.clone(),
-                    path: "(file)".into(),
-                    reason: e.to_string(),
-                })?;
+                let (text, name) = read_config_file(p)?;
                 Self::parse(&text, &name)?
             }
         };
@@ -101,15 +97,7 @@ impl AppConfig {
     }
 
     pub fn parse(text: &str, file: &str) -> Result<AppConfig, SpecError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let cfg: AppConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            SpecError {
-                file: file.into(),
-                path: if path == "." { "(root)".into() } else { path },
-                reason: e.into_inner().to_string(),
-            }
-        })?;
+        let cfg: AppConfig = parse_yaml(text, file)?;
         cfg.validate(file)?;
         Ok(cfg)
     }

@@ -24,6 +24,38 @@ pub struct SpecError {
     pub reason: String,
 }
 
+/// Reads a configuration file; a failure names the file. Returns the text and the file's name.
+pub fn read_config_file(path: &std::path::Path) -> Result<(String, String), SpecError> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, file)),
+        Err(e) => Err(SpecError {
+            file,
+            path: "(file)".into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Deserialises YAML; an error names `file`, the key path inside it, and the reason with the
+/// line and column when known.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, SpecError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let location = inner
+            .location()
+            .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+            .unwrap_or_default();
+        SpecError {
+            file: file.into(),
+            path: if path == "." { "(root)".into() } else { path },
+            reason: format!("{inner}{location}"),
+        }
+    })
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
@@ -357,31 +389,13 @@ pub struct Kpi {
 impl PipelineSpec {
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<PipelineSpec, SpecError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
-            file: file.clone(),
-            path: "(file)".into(),
-            reason: e.to_string(),
-        })?;
+        let (text, file) = read_config_file(path)?;
         Self::parse(&text, &file)
     }
 
     /// Parses and validates spec text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<PipelineSpec, SpecError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let mut spec: PipelineSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let location = inner
-                .location()
-                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-                .unwrap_or_default();
-            SpecError {
-                file: file.into(),
-                path: if path == "." { "(root)".into() } else { path },
-                reason: format!("{inner}{location}"),
-            }
-        })?;
+        let mut spec: PipelineSpec = parse_yaml(text, file)?;
         spec.validate(file)?;
         Ok(spec)
     }

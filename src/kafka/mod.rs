@@ -21,6 +21,7 @@ pub mod load;
 use serde::{Deserialize, Serialize};
 
 use crate::config::app::KafkaConfig;
+use crate::config::pipeline::{parse_yaml, read_config_file};
 use crate::config::SpecError;
 
 /// One topic's layout.
@@ -56,25 +57,12 @@ pub struct Topics {
 impl Topics {
     /// Reads and checks a topics file; errors name the file, the key and the reason.
     pub fn load(path: &Path) -> Result<Topics, SpecError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
-            file: file.clone(),
-            path: "(file)".into(),
-            reason: e.to_string(),
-        })?;
+        let (text, file) = read_config_file(path)?;
         Self::parse(&text, &file)
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Topics, SpecError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let topics: Topics = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            SpecError {
-                file: file.into(),
-                path: if path == "." { "(root)".into() } else { path },
-                reason: e.into_inner().to_string(),
-            }
-        })?;
+        let topics: Topics = parse_yaml(text, file)?;
         for (role, t) in topics.all() {
             let err = |field: &str, reason: &str| SpecError {
                 file: file.into(),
@@ -122,6 +110,18 @@ impl Topics {
             ("dead_letters", &self.dead_letters),
             ("late_events", &self.late_events),
         ]
+    }
+}
+
+/// Forwards a librdkafka log line to `tracing` at the matching level.
+pub fn log_to_tracing(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "librdkafka", "{fac}: {message}")
+        }
+        L::Warning => tracing::warn!(target: "librdkafka", "{fac}: {message}"),
+        _ => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
     }
 }
 
