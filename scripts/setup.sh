@@ -6,14 +6,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO_ROOT"
 
 # Debian packages (only those missing are installed).
-APT_PACKAGES=(build-essential pkg-config ca-certificates nodejs npm)
+APT_PACKAGES=(build-essential pkg-config ca-certificates nodejs npm cmake g++ libopenblas-dev liblapack-dev python3-pip)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# node/npm may come from elsewhere on the image; only require the commands.
+# node/npm and pip may come from elsewhere on the image; only require the commands.
 if command -v node >/dev/null && command -v npm >/dev/null; then
   missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+if command -v pip3 >/dev/null || command -v pip >/dev/null; then
+  missing=("${missing[@]/python3-pip}")
 fi
 read -r -a missing <<< "${missing[*]:-}"
 if ((${#missing[@]})); then
@@ -28,6 +31,7 @@ fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust with rustup first" >&2; exit 1; }
 
 scripts/fetch_dataset.sh
+scripts/fetch_model.sh
 
 echo "setup: building (target dir $CARGO_TARGET_DIR)"
 cargo build --release --locked --quiet

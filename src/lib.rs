@@ -8,5 +8,6 @@ pub mod config;
 pub mod dataflow;
 pub mod kafka;
 pub mod model;
+pub mod rag;
 pub mod sinks;
 pub mod sources;

@@ -16,6 +16,7 @@ use fulfillment_ai::config::{AppConfig, PipelineSpec};
 use fulfillment_ai::dataflow::{run_job, JobOptions, JobReport, Pacing};
 use fulfillment_ai::kafka::load::LoadOptions;
 use fulfillment_ai::kafka::{create_topics, TopicOutcome, Topics};
+use fulfillment_ai::rag::{self, Filters, Mode};
 use fulfillment_ai::sinks::kafka::KafkaSinkConfig;
 use fulfillment_ai::sources::chain::{Chain, RateLimited};
 use fulfillment_ai::sources::generator::{GeneratorConfig, GeneratorSource};
@@ -60,6 +61,52 @@ enum Command {
     Produce(ProduceArgs),
     /// Kafka administration: create or list the job's topics.
     Kafka(KafkaArgs),
+    /// The policy knowledge base: index, search, add or remove documents, evaluate retrieval.
+    Kb(KbArgs),
+}
+
+#[derive(Args)]
+struct KbArgs {
+    #[command(flatten)]
+    pipeline: PipelineArg,
+    #[command(subcommand)]
+    command: KbCommand,
+}
+
+#[derive(Subcommand)]
+enum KbCommand {
+    /// Open (and build if needed) the index; print what it holds.
+    Index,
+    /// Search the policies.
+    Search {
+        query: String,
+        #[arg(short, default_value_t = 5)]
+        k: usize,
+        /// Only this policy type (refund, shipping, ...).
+        #[arg(long = "type")]
+        policy_type: Option<String>,
+        /// Only documents for this jurisdiction (or global ones).
+        #[arg(long)]
+        jurisdiction: Option<String>,
+        /// `hybrid` (default), `dense` or `bm25`.
+        #[arg(long, default_value = "hybrid")]
+        mode: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a document, or replace the one with the same id.
+    Add { file: PathBuf },
+    /// Remove a document by id.
+    Rm { id: String },
+    /// Recall@1, recall@5 and MRR of dense, BM25 and hybrid retrieval on an evaluation set,
+    /// plus query latency and index build time.
+    Eval {
+        #[arg(long, default_value = "tests/kb_eval/questions.yaml")]
+        questions: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -257,6 +304,7 @@ fn real_main() -> Result<()> {
         Command::Bench(a) => bench_cmd(a),
         Command::Produce(a) => produce(a),
         Command::Kafka(a) => kafka_cmd(a),
+        Command::Kb(a) => kb_cmd(a),
     }
 }
 
@@ -829,6 +877,151 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    Ok(())
+}
+
+fn parse_mode(m: &str) -> Result<Mode> {
+    Ok(match m {
+        "hybrid" => Mode::Hybrid,
+        "dense" => Mode::Dense,
+        "bm25" => Mode::Bm25,
+        other => bail!("--mode `{other}`: use hybrid, dense or bm25"),
+    })
+}
+
+fn kb_cmd(a: KbArgs) -> Result<()> {
+    let app = a.pipeline.settings()?;
+    let started = std::time::Instant::now();
+    let kb = rag::open_configured(&app.kb)?;
+    let open_time = started.elapsed();
+    if kb.embedder_is_fallback() {
+        eprintln!(
+            "WARNING: embedding model missing; using the hashed fallback (run scripts/fetch_model.sh)"
+        );
+    }
+    match a.command {
+        KbCommand::Index => {
+            let chunks = kb.chunks();
+            println!(
+                "knowledge base {}: {} documents, {} chunks, embedder {}, {:?} in {:.2}s",
+                app.kb.data_dir.display(),
+                kb.document_ids().len(),
+                chunks.len(),
+                kb.embedder_identity(),
+                kb.opened_from,
+                open_time.as_secs_f64()
+            );
+            for id in kb.document_ids() {
+                let n = chunks.iter().filter(|c| c.doc_id == id).count();
+                println!("  {id:<16} {n} sections");
+            }
+        }
+        KbCommand::Search {
+            query,
+            k,
+            policy_type,
+            jurisdiction,
+            mode,
+            json,
+        } => {
+            let hits = kb.search(
+                &query,
+                k,
+                &Filters {
+                    policy_type,
+                    jurisdiction,
+                },
+                parse_mode(&mode)?,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hits)?);
+            } else {
+                for (i, h) in hits.iter().enumerate() {
+                    println!(
+                        "{}. {} ({} / {}) score {:.4} dense {} bm25 {}",
+                        i + 1,
+                        h.chunk_id,
+                        h.doc_title,
+                        h.section_title,
+                        h.score,
+                        h.dense_score.map_or("-".into(), |s| format!("{s:.3}")),
+                        h.bm25_score.map_or("-".into(), |s| format!("{s:.2}"))
+                    );
+                    let text: String = h.text.chars().take(160).collect();
+                    println!("   {}", text.replace('\n', " "));
+                }
+            }
+        }
+        KbCommand::Add { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let id = kb.add_document(&text, &file.display().to_string())?;
+            println!("added document {id}");
+        }
+        KbCommand::Rm { id } => {
+            let n = kb.delete_document(&id)?;
+            println!("removed document {id} ({n} chunks)");
+        }
+        KbCommand::Eval { questions, json } => {
+            let qs = rag::load_questions(&questions)?;
+            let mut results = Vec::new();
+            for mode in [Mode::Dense, Mode::Bm25, Mode::Hybrid] {
+                results.push(rag::evaluate(&kb, &qs, mode)?);
+            }
+            // Query latency, embedding included: every question once more, hybrid.
+            let mut lat: Vec<f64> = Vec::new();
+            for q in &qs {
+                let t = std::time::Instant::now();
+                kb.search(&q.q, 5, &Filters::default(), Mode::Hybrid)?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat.sort_by(f64::total_cmp);
+            let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+            // Index build: every chunk embedded and indexed from scratch, in a temporary dir.
+            let tmp =
+                std::env::temp_dir().join(format!("fulfillment-kb-build-{}", std::process::id()));
+            let mut cfg = app.kb.clone();
+            cfg.data_dir = tmp.clone();
+            let t = std::time::Instant::now();
+            let fresh = rag::open_configured(&cfg)?;
+            let build = t.elapsed().as_secs_f64();
+            let chunks = fresh.chunks().len();
+            drop(fresh);
+            let _ = std::fs::remove_dir_all(&tmp);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "results": results, "query_p50_ms": pct(0.5), "query_p99_ms": pct(0.99),
+                        "build_seconds": build, "chunks": chunks, "embedder": kb.embedder_identity(),
+                    }))?
+                );
+            } else {
+                println!(
+                    "{} questions, {} chunks, embedder {}",
+                    qs.len(),
+                    chunks,
+                    kb.embedder_identity()
+                );
+                for r in &results {
+                    println!(
+                        "  {:<7} recall@1 {:.3}  recall@5 {:.3}  MRR {:.3}  misses@5 {}",
+                        r.mode,
+                        r.recall_at_1,
+                        r.recall_at_5,
+                        r.mrr,
+                        r.misses_at_5.len()
+                    );
+                }
+                println!(
+                    "  query latency (hybrid, embedding included): p50 {:.2} ms, p99 {:.2} ms; index build {:.2} s",
+                    pct(0.5),
+                    pct(0.99),
+                    build
+                );
+            }
+        }
     }
     Ok(())
 }

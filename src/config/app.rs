@@ -29,6 +29,33 @@ pub struct AppConfig {
     /// Events larger than this many bytes are dead-lettered as oversize.
     pub max_event_bytes: usize,
     pub kafka: KafkaConfig,
+    pub kb: KbConfig,
+}
+
+/// The policy knowledge base.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KbConfig {
+    /// Shipped policy documents.
+    pub policies_dir: PathBuf,
+    /// Runtime documents, deletions and the persisted index (`FULFILLMENT_KB_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// all-MiniLM-L6-v2 files (`scripts/fetch_model.sh`).
+    pub model_dir: PathBuf,
+    /// `minilm` (the hashed fallback when the model is missing) or `hashed`
+    /// (`FULFILLMENT_KB_EMBEDDER`).
+    pub embedder: String,
+}
+
+impl Default for KbConfig {
+    fn default() -> Self {
+        KbConfig {
+            policies_dir: PathBuf::from("policies"),
+            data_dir: PathBuf::from("data/kb"),
+            model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+            embedder: "minilm".into(),
+        }
+    }
 }
 
 /// Where the Kafka-compatible cluster is and how to talk to it.
@@ -67,6 +94,7 @@ impl Default for AppConfig {
             kpi_update_interval: Duration(250),
             max_event_bytes: 1 << 20,
             kafka: KafkaConfig::default(),
+            kb: KbConfig::default(),
         }
     }
 }
@@ -145,6 +173,8 @@ impl AppConfig {
                         .map_err(|_| bad(format!("`{value}` is not a whole number")))?
                 }
                 "KAFKA_TOPICS_FILE" => self.kafka.topics_file = PathBuf::from(value),
+                "KB_DATA_DIR" => self.kb.data_dir = PathBuf::from(value),
+                "KB_EMBEDDER" => self.kb.embedder = value,
                 "KPI_UPDATE_INTERVAL" => {
                     self.kpi_update_interval = parse_duration(&value).map_err(bad)?
                 }
@@ -182,6 +212,9 @@ impl AppConfig {
         }
         if self.max_event_bytes < 64 {
             return Err(err("max_event_bytes", "must be at least 64 bytes"));
+        }
+        if !matches!(self.kb.embedder.as_str(), "minilm" | "hashed") {
+            return Err(err("kb.embedder", "use `minilm` or `hashed`"));
         }
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(err(
