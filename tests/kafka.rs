@@ -201,6 +201,28 @@ fn assert_empty(diff: Vec<String>, what: &str) {
     assert!(diff.is_empty(), "{what}:\n{}", diff.join("\n"));
 }
 
+/// The KPI and deviation topics hold what the oracle computes, and nothing was undeliverable.
+fn assert_topics_match_oracle(
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    oracle: &Outcome,
+    report: &JobReport,
+    context: &str,
+) {
+    let finals = final_kpis_on_topic(kafka, topics);
+    assert_eq!(finals.len(), oracle.final_kpis.len(), "{context}");
+    assert_empty(
+        kpi_diff(&oracle.final_kpis, &finals),
+        &format!("final KPIs on the topic vs oracle ({context})"),
+    );
+    assert_empty(
+        deviation_diff(&oracle.deviations, &deviations_on_topic(kafka, topics)),
+        &format!("deviations on the topic vs oracle ({context})"),
+    );
+    let k = report.kafka.expect("Kafka delivery totals");
+    assert_eq!((k.undelivered, k.produced), (0, k.delivered), "{context}");
+}
+
 #[test]
 fn kpis_through_kafka_equal_the_oracle_and_the_dlq_gets_exactly_the_bad_messages() {
     let spec = spec();
@@ -240,18 +262,7 @@ fn kpis_through_kafka_equal_the_oracle_and_the_dlq_gets_exactly_the_bad_messages
     assert_eq!(report.counters.received, sizes.iter().sum::<i64>() as u64);
 
     // KPIs and deviations on the topics equal the oracle.
-    let finals = final_kpis_on_topic(&kafka, &topics);
-    assert_eq!(finals.len(), oracle.final_kpis.len());
-    assert_empty(
-        kpi_diff(&oracle.final_kpis, &finals),
-        "final KPIs on the topic vs oracle",
-    );
-    assert_empty(
-        deviation_diff(&oracle.deviations, &deviations_on_topic(&kafka, &topics)),
-        "deviations on the topic vs oracle",
-    );
-    let k = report.kafka.expect("Kafka delivery totals");
-    assert_eq!((k.undelivered, k.produced), (0, k.delivered));
+    assert_topics_match_oracle(&kafka, &topics, &oracle, &report, "with bad messages");
 
     // Dead letters: exactly the bad messages, original bytes, reason and source in headers.
     let dlq = read_topic(&kafka, &topics.dead_letters.name);
@@ -369,17 +380,7 @@ fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_no_kpi_version() {
     assert_eq!(progress.consumed().0, total, "every event consumed once");
     assert_eq!(report.counters.received, total);
 
-    let finals = final_kpis_on_topic(&kafka, &topics);
-    assert_empty(
-        kpi_diff(&oracle.final_kpis, &finals),
-        "final KPIs after a broker restart vs oracle",
-    );
-    assert_empty(
-        deviation_diff(&oracle.deviations, &deviations_on_topic(&kafka, &topics)),
-        "deviations after a broker restart vs oracle",
-    );
-    let k = report.kafka.expect("Kafka delivery totals");
-    assert_eq!(k.undelivered, 0);
+    assert_topics_match_oracle(&kafka, &topics, &oracle, &report, "after a broker restart");
     let kpi_messages = read_topic(&kafka, &topics.kpis.name).len() as u64;
     assert_eq!(
         kpi_messages, report.counters.kpi_updates,
