@@ -388,25 +388,25 @@ fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_no_kpi_version() {
     );
 }
 
+/// A broker whose input topic has `n` partitions (the other topics as shipped).
+fn broker_with_input_partitions(n: u32) -> Broker {
+    let shipped = include_str!("../config/kafka/topics.yaml");
+    assert!(
+        shipped.contains("  partitions: 4"),
+        "the input topic has 4 partitions"
+    );
+    Broker::start(Some(&shipped.replacen(
+        "partitions: 4",
+        &format!("partitions: {n}"),
+        1,
+    )))
+}
+
 #[test]
 fn two_partitions_read_by_two_workers_equal_one_partition_read_by_one() {
     let spec = spec();
-    let two = Broker::start(Some(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/kafka/topics.yaml"
-        ))
-        .unwrap()
-        .replacen("partitions: 4", "partitions: 2", 1),
-    ));
-    let one = Broker::start(Some(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/kafka/topics.yaml"
-        ))
-        .unwrap()
-        .replacen("partitions: 4", "partitions: 1", 1),
-    ));
+    let two = broker_with_input_partitions(2);
+    let one = broker_with_input_partitions(1);
     assert_eq!(two.topics().order_events.partitions, 2);
     assert_eq!(one.topics().order_events.partitions, 1);
 

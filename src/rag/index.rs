@@ -231,9 +231,8 @@ fn read_documents(dir: &Path) -> Result<BTreeMap<String, (String, PolicyDocument
         let text =
             std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
         let doc = PolicyDocument::parse(&text, &p.display().to_string())?;
-        if let Some((_, other)) = out.get(&doc.id) {
-            let other: &PolicyDocument = other;
-            bail!("{}: document id `{}` is used twice", p.display(), other.id);
+        if out.contains_key(&doc.id) {
+            bail!("{}: document id `{}` is used twice", p.display(), doc.id);
         }
         out.insert(doc.id.clone(), (text, doc));
     }

@@ -123,8 +123,30 @@ pub struct KafkaSink {
     failed_rx: crossbeam_channel::Receiver<Failed>,
     stats: Arc<SinkStats>,
     undelivered: Option<std::io::BufWriter<std::fs::File>>,
-    source_topic: String,
+    names: TopicNames,
     buffer: Vec<u8>,
+}
+
+/// Output topic names, shared so that sending a record does not copy its topic's name.
+struct TopicNames {
+    kpis: Arc<str>,
+    deviations: Arc<str>,
+    late_events: Arc<str>,
+    dead_letters: Arc<str>,
+    /// The input topic, named in dead-letter headers.
+    order_events: Arc<str>,
+}
+
+impl TopicNames {
+    fn new(t: &Topics) -> Self {
+        TopicNames {
+            kpis: t.kpis.name.as_str().into(),
+            deviations: t.deviations.name.as_str().into(),
+            late_events: t.late_events.name.as_str().into(),
+            dead_letters: t.dead_letters.name.as_str().into(),
+            order_events: t.order_events.name.as_str().into(),
+        }
+    }
 }
 
 impl KafkaSink {
@@ -133,7 +155,7 @@ impl KafkaSink {
         let stats = Arc::new(SinkStats::default());
         let producer = Self::producer(&cfg, failed_tx.clone(), stats.clone())?;
         Ok(KafkaSink {
-            source_topic: cfg.topics.order_events.name.clone(),
+            names: TopicNames::new(&cfg.topics),
             cfg,
             producer,
             failed_tx,
@@ -171,25 +193,15 @@ impl KafkaSink {
 
     pub fn kpi(&mut self, r: &KpiRecord) -> Result<()> {
         let key = r.key();
-        self.json(&self.cfg.topics.kpis.name.clone(), key.as_bytes(), r, None)
+        self.json(self.names.kpis.clone(), key.as_bytes(), r)
     }
 
     pub fn deviation(&mut self, d: &Deviation) -> Result<()> {
-        self.json(
-            &self.cfg.topics.deviations.name.clone(),
-            d.id.as_bytes(),
-            d,
-            None,
-        )
+        self.json(self.names.deviations.clone(), d.id.as_bytes(), d)
     }
 
     pub fn late(&mut self, l: &LateEvent) -> Result<()> {
-        self.json(
-            &self.cfg.topics.late_events.name.clone(),
-            l.order_id.as_bytes(),
-            l,
-            None,
-        )
+        self.json(self.names.late_events.clone(), l.order_id.as_bytes(), l)
     }
 
     pub fn dead_letter(&mut self, d: &DeadLetter) -> Result<()> {
@@ -202,7 +214,7 @@ impl KafkaSink {
             })
             .insert(Header {
                 key: "dlq.source.topic",
-                value: Some(self.source_topic.as_str()),
+                value: Some(&*self.names.order_events),
             })
             .insert(Header {
                 key: "dlq.source.partition",
@@ -213,7 +225,7 @@ impl KafkaSink {
                 value: Some(offset.as_str()),
             });
         let key = format!("{partition}:{offset}");
-        let topic = self.cfg.topics.dead_letters.name.clone();
+        let topic = self.names.dead_letters.clone();
         self.send(
             &topic,
             None,
@@ -224,17 +236,11 @@ impl KafkaSink {
         )
     }
 
-    fn json<T: Serialize>(
-        &mut self,
-        topic: &str,
-        key: &[u8],
-        value: &T,
-        headers: Option<OwnedHeaders>,
-    ) -> Result<()> {
+    fn json<T: Serialize>(&mut self, topic: Arc<str>, key: &[u8], value: &T) -> Result<()> {
         let mut buffer = std::mem::take(&mut self.buffer);
         buffer.clear();
         serde_json::to_writer(&mut buffer, value).context("serialising a record")?;
-        let r = self.send(topic, None, Some(key), Some(&buffer), headers, 1);
+        let r = self.send(&topic, None, Some(key), Some(&buffer), None, 1);
         self.buffer = buffer;
         r
     }
