@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod dataflow;
 pub mod kafka;
+pub mod llm;
 pub mod model;
 pub mod rag;
 pub mod sinks;

@@ -893,7 +893,7 @@ fn parse_mode(m: &str) -> Result<Mode> {
 fn kb_cmd(a: KbArgs) -> Result<()> {
     let app = a.pipeline.settings()?;
     let started = std::time::Instant::now();
-    let kb = rag::open_configured(&app.kb)?;
+    let kb = rag::open_configured(&app.kb, &app.openai)?;
     let open_time = started.elapsed();
     if kb.embedder_is_fallback() {
         eprintln!(
@@ -984,7 +984,7 @@ fn kb_cmd(a: KbArgs) -> Result<()> {
             let mut cfg = app.kb.clone();
             cfg.data_dir = tmp.clone();
             let t = std::time::Instant::now();
-            let fresh = rag::open_configured(&cfg)?;
+            let fresh = rag::open_configured(&cfg, &app.openai)?;
             let build = t.elapsed().as_secs_f64();
             let chunks = fresh.chunks().len();
             drop(fresh);

@@ -77,32 +77,41 @@ fn hybrid_retrieval_beats_dense_and_bm25_and_holds_its_measured_recall() {
     let Some(e) = minilm() else { return };
     let dir = tempfile::tempdir().unwrap();
     let kb = KnowledgeBase::open(paths(dir.path()), e).unwrap();
-    let qs = load_questions(&Path::new(ROOT).join("tests/kb_eval/questions.yaml")).unwrap();
-    assert!(qs.len() >= 40, "{} questions", qs.len());
     let ids: std::collections::BTreeSet<String> = kb.chunks().into_iter().map(|c| c.id).collect();
-    for q in &qs {
-        for a in &q.answers {
-            assert!(
-                ids.contains(a),
-                "question {:?} cites unknown chunk {a}",
-                q.q
-            );
+    let questions = |file: &str| {
+        let qs = load_questions(&Path::new(ROOT).join("tests/kb_eval").join(file)).unwrap();
+        for q in &qs {
+            for a in &q.answers {
+                assert!(
+                    ids.contains(a),
+                    "question {:?} cites unknown chunk {a}",
+                    q.q
+                );
+            }
         }
+        qs
+    };
+    // The tuning set: RRF constants and query normalisation were chosen on it (odd questions).
+    let tuning = questions("questions.yaml");
+    // Written before any of those choices and never used to make one.
+    let heldout = questions("heldout.yaml");
+    assert!(tuning.len() >= 40 && heldout.len() >= 30);
+    for (qs, at_least) in [(&tuning, 0.86), (&heldout, 0.94)] {
+        let hybrid = evaluate(&kb, qs, Mode::Hybrid).unwrap();
+        let dense = evaluate(&kb, qs, Mode::Dense).unwrap();
+        let bm25 = evaluate(&kb, qs, Mode::Bm25).unwrap();
+        eprintln!("dense {dense:?}\nbm25 {bm25:?}\nhybrid {hybrid:?}");
+        // Measured 0.873 (tuning) and 0.971 (held out), BENCHMARKS.md; each bound is one question
+        // below. The 0.90 target is NOT met on the tuning set.
+        assert!(
+            hybrid.recall_at_5 >= at_least,
+            "hybrid recall@5 {:.3} < {at_least}; misses: {:#?}",
+            hybrid.recall_at_5,
+            hybrid.misses_at_5
+        );
+        assert!(hybrid.recall_at_5 > dense.recall_at_5 && hybrid.recall_at_5 > bm25.recall_at_5);
+        assert!(hybrid.mrr > 0.75, "hybrid MRR {}", hybrid.mrr);
     }
-    let hybrid = evaluate(&kb, &qs, Mode::Hybrid).unwrap();
-    let dense = evaluate(&kb, &qs, Mode::Dense).unwrap();
-    let bm25 = evaluate(&kb, &qs, Mode::Bm25).unwrap();
-    eprintln!("dense {dense:?}\nbm25 {bm25:?}\nhybrid {hybrid:?}");
-    // Measured 0.854 (BENCHMARKS.md). The target is 0.90 and is NOT met yet; this guards
-    // against regressions below what is achieved, and that fusion beats either retriever.
-    assert!(
-        hybrid.recall_at_5 >= 0.84,
-        "hybrid recall@5 {:.3} < 0.84; misses: {:#?}",
-        hybrid.recall_at_5,
-        hybrid.misses_at_5
-    );
-    assert!(hybrid.recall_at_5 > dense.recall_at_5 && hybrid.recall_at_5 > bm25.recall_at_5);
-    assert!(hybrid.mrr > 0.7, "hybrid MRR {}", hybrid.mrr);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::duration::{parse_duration, Duration};
 use crate::config::pipeline::{parse_yaml, read_config_file};
 use crate::config::SpecError;
+use crate::llm::OpenAiSettings;
 
 /// Default location of the settings file, relative to the working directory.
 pub const DEFAULT_APP_CONFIG: &str = "config/app.yaml";
@@ -30,6 +31,8 @@ pub struct AppConfig {
     pub max_event_bytes: usize,
     pub kafka: KafkaConfig,
     pub kb: KbConfig,
+    /// The OpenAI-compatible server used by `kb.embedder: openai` and the agents.
+    pub openai: OpenAiSettings,
 }
 
 /// The policy knowledge base.
@@ -42,9 +45,17 @@ pub struct KbConfig {
     pub data_dir: PathBuf,
     /// all-MiniLM-L6-v2 files (`scripts/fetch_model.sh`).
     pub model_dir: PathBuf,
-    /// `minilm` (the hashed fallback when the model is missing) or `hashed`
-    /// (`FULFILLMENT_KB_EMBEDDER`).
+    /// `minilm` (the hashed fallback when the model is missing), `openai` (the embeddings
+    /// endpoint of the `openai` server; the hashed fallback when it cannot be reached) or
+    /// `hashed` (`FULFILLMENT_KB_EMBEDDER`).
     pub embedder: String,
+    /// Model asked for with `embedder: openai` (`FULFILLMENT_KB_EMBEDDING_MODEL`).
+    pub embedding_model: String,
+    /// Vector length to ask the model for (text-embedding-3-* can shorten); absent: the
+    /// model's own.
+    pub embedding_dimensions: Option<u32>,
+    /// Texts per embeddings request.
+    pub embedding_batch: usize,
 }
 
 impl Default for KbConfig {
@@ -54,6 +65,9 @@ impl Default for KbConfig {
             data_dir: PathBuf::from("data/kb"),
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             embedder: "minilm".into(),
+            embedding_model: "text-embedding-3-small".into(),
+            embedding_dimensions: None,
+            embedding_batch: 64,
         }
     }
 }
@@ -95,6 +109,7 @@ impl Default for AppConfig {
             max_event_bytes: 1 << 20,
             kafka: KafkaConfig::default(),
             kb: KbConfig::default(),
+            openai: OpenAiSettings::default(),
         }
     }
 }
@@ -144,6 +159,10 @@ impl AppConfig {
                 }
                 continue;
             }
+            if key == "OPENAI_BASE_URL" {
+                self.openai.base_url = value;
+                continue;
+            }
             let Some(field) = key.strip_prefix("FULFILLMENT_") else {
                 continue;
             };
@@ -175,6 +194,11 @@ impl AppConfig {
                 "KAFKA_TOPICS_FILE" => self.kafka.topics_file = PathBuf::from(value),
                 "KB_DATA_DIR" => self.kb.data_dir = PathBuf::from(value),
                 "KB_EMBEDDER" => self.kb.embedder = value,
+                "KB_EMBEDDING_MODEL" => self.kb.embedding_model = value,
+                "OPENAI_TIMEOUT" => {
+                    let d = parse_duration(&value).map_err(bad)?;
+                    self.openai.timeout = d;
+                }
                 "KPI_UPDATE_INTERVAL" => {
                     self.kpi_update_interval = parse_duration(&value).map_err(bad)?
                 }
@@ -213,8 +237,34 @@ impl AppConfig {
         if self.max_event_bytes < 64 {
             return Err(err("max_event_bytes", "must be at least 64 bytes"));
         }
-        if !matches!(self.kb.embedder.as_str(), "minilm" | "hashed") {
-            return Err(err("kb.embedder", "use `minilm` or `hashed`"));
+        if !matches!(self.kb.embedder.as_str(), "minilm" | "openai" | "hashed") {
+            return Err(err("kb.embedder", "use `minilm`, `openai` or `hashed`"));
+        }
+        if self.kb.embedder == "openai" && self.kb.embedding_model.trim().is_empty() {
+            return Err(err(
+                "kb.embedding_model",
+                "must name a model when kb.embedder is `openai`",
+            ));
+        }
+        if self.kb.embedding_batch == 0 || self.kb.embedding_batch > 2048 {
+            return Err(err("kb.embedding_batch", "must be between 1 and 2048"));
+        }
+        if self.kb.embedding_dimensions == Some(0) {
+            return Err(err("kb.embedding_dimensions", "must be positive when set"));
+        }
+        if !(self.openai.base_url.starts_with("http://")
+            || self.openai.base_url.starts_with("https://"))
+        {
+            return Err(err(
+                "openai.base_url",
+                "must be an http:// or https:// URL such as https://api.openai.com/v1",
+            ));
+        }
+        if self.openai.timeout.ms() <= 0 {
+            return Err(err("openai.timeout", "must be positive"));
+        }
+        if self.openai.max_retries > 10 {
+            return Err(err("openai.max_retries", "must be at most 10"));
         }
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(err(

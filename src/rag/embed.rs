@@ -1,6 +1,7 @@
 //! Text embedders for the knowledge base: all-MiniLM-L6-v2 run with candle on the CPU (mean
-//! pooling over the attention mask, L2-normalised, 384 dimensions), and a deterministic hashed
-//! n-gram embedder used when the model weights are absent (and reported loudly as a fallback).
+//! pooling over the attention mask, L2-normalised, 384 dimensions), an OpenAI-compatible
+//! embeddings endpoint (by config), and a deterministic hashed n-gram embedder used when the
+//! model weights are absent or the endpoint is unreachable (and reported loudly as a fallback).
 //!
 //! In: texts. Out: unit-length vectors, and an identity string that changes whenever the vectors
 //! would (model file hash or fallback name), so a persisted index knows when to rebuild.
@@ -15,7 +16,7 @@ use candle_transformers::models::bert::{BertModel, Config, DTYPE};
 use sha2::{Digest, Sha256};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
-/// Dimension of both embedders.
+/// Dimension of MiniLM and of the hashed fallback.
 pub const DIM: usize = 384;
 
 /// Turns texts into unit vectors.
@@ -24,6 +25,10 @@ pub trait Embedder: Send + Sync {
     fn identity(&self) -> String;
     /// True when this is the hashed fallback, not a language model.
     fn is_fallback(&self) -> bool;
+    /// Length of every vector.
+    fn dim(&self) -> usize {
+        DIM
+    }
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
 }
 

@@ -1,7 +1,8 @@
 //! The policy knowledge base: section chunks of the policy documents, a faiss `IdMap<Flat>`
 //! inner-product index over normalised embeddings of each chunk and of each of its sentences
 //! (a chunk scores as its best passage), BM25 over the same chunks, and hybrid search merging
-//! both by weighted reciprocal rank fusion, with policy-type and jurisdiction filters.
+//! both by weighted reciprocal rank fusion, with policy-type and jurisdiction filters. Queries
+//! are normalised first ([`super::query`]: short durations in days).
 //!
 //! In: the shipped policies directory, a data directory, an embedder. Out: search hits; runtime
 //! add / replace / delete of documents, persisted in the data directory and surviving restarts.
@@ -29,17 +30,24 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::bm25::Bm25;
-use super::embed::{Embedder, DIM};
+use super::embed::Embedder;
 use super::policy::PolicyDocument;
 
-/// Reciprocal rank fusion constant.
-const RRF_K: f32 = 60.0;
+/// Reciprocal rank fusion constant. 10 rather than the customary 60: with only ~70 chunks the
+/// top few ranks of each list carry the signal, and a flatter curve let mid-list agreement
+/// between two weak rankings outvote a strong dense hit. Chosen with the weights below.
+const RRF_K: f32 = 10.0;
 
-/// Weights of the dense and BM25 lists in the fusion. BM25 at half weight was chosen on the
-/// odd-numbered evaluation questions (weights 1.0, 0.7, 0.5, 0.3, 0.2 tried) and checked on the
-/// even-numbered ones (BENCHMARKS.md): on these paraphrased questions BM25 alone is the weaker
-/// ranker, and at full weight its misses pushed dense hits out of the top 5.
+/// Weights of the dense and BM25 lists in the fusion. Both constants were chosen on the
+/// odd-numbered evaluation questions only (k 10/30/60 x BM25 weight 0.2-1.0) and checked on the
+/// even-numbered ones and on the held-out set (BENCHMARKS.md): on these paraphrased questions
+/// BM25 alone is the weaker ranker, and at full weight its misses pushed dense hits out of the
+/// top 5.
 const RRF_WEIGHTS: (f32, f32) = (1.0, 0.5);
+
+/// Version of how chunks are cut into passages; part of the content hash, so changing
+/// [`Chunk::passages`] re-embeds persisted indexes instead of mixing two formats.
+const PASSAGE_FORMAT: u32 = 1;
 
 /// One retrievable chunk: a section of a policy document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -261,13 +269,16 @@ impl KnowledgeBase {
     pub fn open(paths: KbPaths, embedder: Box<dyn Embedder>) -> Result<KnowledgeBase> {
         let docs = Self::effective_documents(&paths)?;
         let content_hash = Self::hash(&docs, embedder.identity().as_str());
+        let dim = embedder.dim();
         let manifest_path = paths.data_dir.join("index/manifest.json");
         let vectors_path = paths.data_dir.join("index/vectors.f32");
         let persisted = std::fs::read(&manifest_path)
             .ok()
             .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
             .filter(|m| {
-                m.content_hash == content_hash && m.embedder == embedder.identity() && m.dim == DIM
+                m.content_hash == content_hash
+                    && m.embedder == embedder.identity()
+                    && m.dim == embedder.dim()
             })
             .and_then(|m| {
                 let raw = std::fs::read(&vectors_path).ok()?;
@@ -276,12 +287,12 @@ impl KnowledgeBase {
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect();
                 let total: usize = m.passages_per_chunk.iter().sum();
-                (floats.len() == total * DIM && m.passages_per_chunk.len() == m.chunks.len())
+                (floats.len() == total * dim && m.passages_per_chunk.len() == m.chunks.len())
                     .then_some((m, floats))
             });
         let (chunks, vectors, opened_from) = match persisted {
             Some((m, floats)) => {
-                let mut it = floats.chunks_exact(DIM);
+                let mut it = floats.chunks_exact(dim);
                 let vectors: Vec<Option<Vec<Vec<f32>>>> = m
                     .chunks
                     .iter()
@@ -308,7 +319,7 @@ impl KnowledgeBase {
             chunks: Vec::new(),
             vectors: Vec::new(),
             passages: Vec::new(),
-            faiss: IdMap::new(FlatIndex::new_ip(DIM as u32)?)?,
+            faiss: IdMap::new(FlatIndex::new_ip(dim as u32)?)?,
             bm25: Bm25::default(),
             content_hash,
         };
@@ -360,6 +371,7 @@ impl KnowledgeBase {
     fn hash(docs: &BTreeMap<String, (String, PolicyDocument)>, embedder: &str) -> String {
         let mut h = Sha256::new();
         h.update(embedder.as_bytes());
+        h.update(PASSAGE_FORMAT.to_le_bytes());
         for (id, (text, _)) in docs {
             h.update([0u8]);
             h.update(id.as_bytes());
@@ -372,7 +384,7 @@ impl KnowledgeBase {
     fn persist(&self, inner: &Inner) -> Result<()> {
         let dir = self.paths.data_dir.join("index");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut raw = Vec::with_capacity(inner.passages.len() * DIM * 4);
+        let mut raw = Vec::with_capacity(inner.passages.len() * self.embedder.dim() * 4);
         for v in inner.vectors.iter().flatten().flatten() {
             for x in v {
                 raw.extend_from_slice(&x.to_le_bytes());
@@ -381,7 +393,7 @@ impl KnowledgeBase {
         let manifest = Manifest {
             content_hash: inner.content_hash.clone(),
             embedder: self.embedder.identity(),
-            dim: DIM,
+            dim: self.embedder.dim(),
             chunks: inner.chunks.clone(),
             passages_per_chunk: inner
                 .vectors
@@ -419,14 +431,26 @@ impl KnowledgeBase {
 
     /// The best `k` chunks for `query` under `filters`.
     pub fn search(&self, query: &str, k: usize, filters: &Filters, mode: Mode) -> Result<Vec<Hit>> {
-        let qv = match mode {
+        let normalized = super::query::normalize(query);
+        let query = normalized.as_str();
+        let embedded = match mode {
             Mode::Bm25 => None,
             _ => Some(
                 self.embedder
-                    .embed(&[query])?
-                    .pop()
-                    .ok_or_else(|| anyhow!("no query embedding"))?,
+                    .embed(&[query])
+                    .and_then(|mut v| v.pop().ok_or_else(|| anyhow!("no query embedding"))),
             ),
+        };
+        // A failing embedder (an unreachable embeddings endpoint) degrades hybrid search to
+        // BM25 instead of failing the agent that asked; dense search has nothing to fall back to.
+        let (qv, mode) = match embedded {
+            None => (None, mode),
+            Some(Ok(v)) => (Some(v), mode),
+            Some(Err(e)) if mode == Mode::Hybrid => {
+                tracing::warn!(error = %format!("{e:#}"), "query embedding failed; BM25 only");
+                (None, Mode::Bm25)
+            }
+            Some(Err(e)) => return Err(e.context("embedding the query")),
         };
         let inner = self.inner.read().map_err(|_| anyhow!("lock poisoned"))?;
         let admitted = |pos: usize| {

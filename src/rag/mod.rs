@@ -9,6 +9,8 @@ pub mod bm25;
 pub mod embed;
 pub mod index;
 pub mod policy;
+pub mod query;
+pub mod remote;
 
 use std::path::Path;
 
@@ -18,12 +20,32 @@ use serde::{Deserialize, Serialize};
 pub use index::{Filters, Hit, KbPaths, KnowledgeBase, Mode, OpenedFrom};
 
 use crate::config::app::KbConfig;
+use crate::llm::OpenAiSettings;
 
-/// Opens the knowledge base configured in the settings, with MiniLM when its weights are there
-/// (the hashed fallback otherwise, logged as an error).
-pub fn open_configured(cfg: &KbConfig) -> Result<KnowledgeBase> {
+/// Opens the knowledge base configured in the settings: MiniLM when its weights are there, the
+/// OpenAI-compatible embeddings endpoint when configured and reachable, and otherwise the hashed
+/// fallback (logged as an error).
+pub fn open_configured(cfg: &KbConfig, openai: &OpenAiSettings) -> Result<KnowledgeBase> {
     let embedder = match cfg.embedder.as_str() {
         "hashed" => Box::new(embed::HashedNgrams) as Box<dyn embed::Embedder>,
+        "openai" => match remote::RemoteEmbedder::connect(
+            openai,
+            &cfg.embedding_model,
+            cfg.embedding_dimensions,
+            cfg.embedding_batch,
+        ) {
+            Ok(e) => Box::new(e) as Box<dyn embed::Embedder>,
+            Err(e) => {
+                tracing::error!(
+                    base_url = %openai.base_url,
+                    model = %cfg.embedding_model,
+                    error = %format!("{e:#}"),
+                    "EMBEDDINGS ENDPOINT NOT AVAILABLE: the knowledge base falls back to hashed \
+                     n-gram vectors (much weaker retrieval)"
+                );
+                Box::new(embed::HashedNgrams)
+            }
+        },
         _ => embed::load_or_fallback(&cfg.model_dir),
     };
     KnowledgeBase::open(
@@ -61,11 +83,21 @@ pub struct EvalResult {
     pub mrr: f64,
     /// Questions with no answer chunk in the top 5.
     pub misses_at_5: Vec<String>,
+    /// For every question, the 1-based rank of each answer chunk in the top 20 (None: not there).
+    pub answer_ranks: Vec<QuestionRanks>,
+}
+
+/// Where one question's answer chunks ranked.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuestionRanks {
+    pub q: String,
+    pub ranks: Vec<(String, Option<usize>)>,
 }
 
 pub fn evaluate(kb: &KnowledgeBase, questions: &[Question], mode: Mode) -> Result<EvalResult> {
     let (mut r1, mut r5, mut mrr) = (0.0, 0.0, 0.0);
     let mut misses = Vec::new();
+    let mut answer_ranks = Vec::new();
     for q in questions {
         let hits = kb.search(&q.q, 20, &Filters::default(), mode)?;
         let ids: Vec<&str> = hits.iter().map(|h| h.chunk_id.as_str()).collect();
@@ -85,6 +117,14 @@ pub fn evaluate(kb: &KnowledgeBase, questions: &[Question], mode: Mode) -> Resul
         if let Some(rank) = ids.iter().position(|id| q.answers.iter().any(|a| a == id)) {
             mrr += 1.0 / (rank as f64 + 1.0);
         }
+        answer_ranks.push(QuestionRanks {
+            q: q.q.clone(),
+            ranks: q
+                .answers
+                .iter()
+                .map(|a| (a.clone(), ids.iter().position(|id| id == a).map(|r| r + 1)))
+                .collect(),
+        });
     }
     let n = questions.len().max(1) as f64;
     Ok(EvalResult {
@@ -94,5 +134,6 @@ pub fn evaluate(kb: &KnowledgeBase, questions: &[Question], mode: Mode) -> Resul
         recall_at_5: r5 / n,
         mrr: mrr / n,
         misses_at_5: misses,
+        answer_ranks,
     })
 }
