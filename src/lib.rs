@@ -3,6 +3,7 @@
 //! Events flow `sources` -> `dataflow` (decode, watermark, order state, KPIs, risk, deviations) ->
 //! `sinks`. `config` holds the declarative pipeline spec; `model` the event and record types.
 
+pub mod agents;
 pub mod bench;
 pub mod config;
 pub mod dataflow;
