@@ -7,9 +7,6 @@
 //! `config/agents.yaml`). Out: amounts in cents with the chunk ids of the sections that set them,
 //! and whether a person must approve.
 
-// Amounts are written dollars_cents (`500_00` is $500.00), which clippy reads as odd grouping.
-#![allow(clippy::inconsistent_digit_grouping)]
-
 use serde::{Deserialize, Serialize};
 
 /// An amount of money in cents.

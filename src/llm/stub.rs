@@ -4,8 +4,9 @@
 //!
 //! In: a script of behaviours consumed one per request (then [`Behaviour::Normal`]), a fixed
 //! latency. Out: `POST /v1/embeddings` answers with deterministic hashed n-gram vectors
-//! (meaningful enough to retrieve with); every request is recorded (path, authorization,
-//! body) for assertions.
+//! (meaningful enough to retrieve with); `POST /v1/chat/completions` answers with the scripted
+//! content or tool call (by default the chat content set with [`StubServer::set_chat_content`]);
+//! every request is recorded (path, authorization, body) for assertions.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -35,6 +36,10 @@ pub enum Behaviour {
     Hang,
     /// 200 with a body that is not the expected JSON.
     Malformed,
+    /// A well-formed chat completion whose message content is this text.
+    ChatContent(String),
+    /// A well-formed chat completion calling `submit_resolution` with these arguments.
+    ToolCall(String),
 }
 
 /// One request as received.
@@ -49,6 +54,7 @@ pub struct RecordedRequest {
 #[derive(Default)]
 struct Shared {
     script: Mutex<VecDeque<Behaviour>>,
+    chat_content: Mutex<String>,
     requests: Mutex<Vec<RecordedRequest>>,
     latency: Mutex<Duration>,
 }
@@ -90,19 +96,28 @@ impl StubServer {
             .enable_all()
             .thread_name("llm-stub")
             .build()?;
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(addr))
+        // Bound with std so that starting works from inside another runtime too.
+        let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("binding the LLM stub to {addr}"))?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
         let app = Router::new()
             .route("/v1/embeddings", post(embeddings))
+            .route("/v1/chat/completions", post(chat_completions))
             .with_state(shared.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("llm-stub".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "LLM stub cannot listen");
+                            return;
+                        }
+                    };
                     tokio::select! {
                         r = axum::serve(listener, app) => {
                             if let Err(e) = r { tracing::error!(error = %e, "LLM stub stopped"); }
@@ -134,6 +149,13 @@ impl StubServer {
     pub fn script(&self, behaviours: impl IntoIterator<Item = Behaviour>) {
         if let Ok(mut s) = self.shared.script.lock() {
             s.extend(behaviours);
+        }
+    }
+
+    /// What a normal chat completion answers (the message content).
+    pub fn set_chat_content(&self, content: impl Into<String>) {
+        if let Ok(mut c) = self.shared.chat_content.lock() {
+            *c = content.into();
         }
     }
 
@@ -203,6 +225,7 @@ async fn misbehave(shared: &Shared, behaviour: Behaviour) -> Option<Response> {
         Behaviour::Malformed => {
             Some((StatusCode::OK, "{\"data\": [ this is not json").into_response())
         }
+        Behaviour::ChatContent(_) | Behaviour::ToolCall(_) => None,
     }
 }
 
@@ -252,6 +275,64 @@ async fn embeddings(
         "data": data,
         "model": body["model"],
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response()
+}
+
+async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let behaviour = shared.record("/v1/chat/completions", &headers, &body);
+    if let Some(r) = misbehave(&shared, behaviour.clone()).await {
+        return r;
+    }
+    let prompt_tokens: usize = body["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|x| {
+                    x["content"]
+                        .as_str()
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .count()
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    let default_content = shared
+        .chat_content
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or_default();
+    let (message, finish) = match behaviour {
+        Behaviour::ToolCall(args) => (
+            json!({"role": "assistant", "content": null, "tool_calls": [{
+                "id": "call_stub_1", "type": "function",
+                "function": {"name": "submit_resolution", "arguments": args}
+            }]}),
+            "tool_calls",
+        ),
+        Behaviour::ChatContent(c) => (json!({"role": "assistant", "content": c}), "stop"),
+        _ => (
+            json!({"role": "assistant", "content": default_content}),
+            "stop",
+        ),
+    };
+    let completion_tokens = message.to_string().split_whitespace().count();
+    Json(json!({
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body["model"],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens
+        }
     }))
     .into_response()
 }
