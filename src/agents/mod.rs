@@ -11,5 +11,6 @@ pub mod pii;
 pub mod policy_math;
 pub mod resolution;
 pub mod routing;
+pub mod store;
 
 pub use routing::{AgentKind, Route, RouteInput, RoutingTable, Tool};

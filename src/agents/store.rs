@@ -1,0 +1,306 @@
+//! The case store: SQLite through sqlx, with the migrations in `migrations/` embedded in the
+//! binary. A case per deviation (keyed by its id) with its conversation, every agent run
+//! (agent, backend, prompt hash, retrieved chunk ids, output, guardrail verdicts, outcome,
+//! latency, tokens) and every action.
+//!
+//! In: accepted deviations, finished runs, follow-up messages. Out: the queued cases to work on
+//! (also after a restart), case histories, the audit trail.
+//!
+//! Exactly-once effect: [`CaseStore::accept`] inserts the case before the deviation is
+//! acknowledged (a redelivered deviation finds it and is not queued twice), and
+//! [`CaseStore::finish_run`] writes the run, its actions and the case's new status in one
+//! transaction, only if the case is still queued; a second finish of the same case is refused,
+//! so no action is ever recorded twice.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::model::records::Deviation;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Where a case stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseStatus {
+    Queued,
+    Resolved,
+    PendingApproval,
+    Escalated,
+}
+
+impl CaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseStatus::Queued => "queued",
+            CaseStatus::Resolved => "resolved",
+            CaseStatus::PendingApproval => "pending_approval",
+            CaseStatus::Escalated => "escalated",
+        }
+    }
+}
+
+/// One finished agent run, as recorded.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    pub case_id: String,
+    pub agent: String,
+    pub backend: String,
+    pub prompt_hash: String,
+    pub retrieved: Vec<String>,
+    /// The resolution as JSON, when the backend produced one.
+    pub output: Option<serde_json::Value>,
+    pub verdicts: serde_json::Value,
+    /// accepted | pending_approval | rejected | failed
+    pub outcome: String,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub latency_ms: i64,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// An action to record with a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActionRecord {
+    pub tool: String,
+    pub params: serde_json::Value,
+    /// done | pending_approval
+    pub status: String,
+}
+
+/// A message in a case's conversation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CaseMessage {
+    pub seq: i64,
+    pub role: String,
+    pub body: String,
+    pub at: i64,
+}
+
+pub struct CaseStore {
+    pool: SqlitePool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl CaseStore {
+    /// Opens (creating) the SQLite database at `path` and applies the migrations.
+    pub async fn open(path: &Path) -> Result<CaseStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Durable at commit: an accepted deviation survives a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("opening the case store {}", path.display()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("migrating the case store")?;
+        Ok(CaseStore { pool })
+    }
+
+    /// Records a deviation as a queued case. Returns false when the case already exists
+    /// (a redelivery): nothing changes then.
+    pub async fn accept(&self, d: &Deviation) -> Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO cases (id, deviation, status, hops, created_at, updated_at) \
+             VALUES (?1, ?2, 'queued', 0, ?3, ?3) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&d.id)
+        .bind(serde_json::to_string(d)?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            sqlx::query(
+                "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES (?1, 1, 'deviation', ?2, ?3)",
+            )
+            .bind(&d.id)
+            .bind(&d.summary)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Deviations of the cases still queued, oldest first (work left by a crash).
+    pub async fn queued(&self) -> Result<Vec<Deviation>> {
+        let rows = sqlx::query(
+            "SELECT deviation FROM cases WHERE status = 'queued' ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(serde_json::from_str(r.get::<&str, _>(0))?))
+            .collect()
+    }
+
+    /// Adds a message to a case's conversation; returns its sequence number.
+    pub async fn add_message(&self, case_id: &str, role: &str, body: &str) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM case_messages WHERE case_id = ?1",
+        )
+        .bind(case_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(case_id)
+        .bind(seq)
+        .bind(role)
+        .bind(body)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("no case {case_id}"))?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    pub async fn messages(&self, case_id: &str) -> Result<Vec<CaseMessage>> {
+        let rows = sqlx::query(
+            "SELECT seq, role, body, at FROM case_messages WHERE case_id = ?1 ORDER BY seq",
+        )
+        .bind(case_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CaseMessage {
+                seq: r.get(0),
+                role: r.get(1),
+                body: r.get(2),
+                at: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Records a finished run, its actions and the case's new status, atomically, if the case is
+    /// still queued (or `reopen` is set, for operator follow-ups). Returns false, recording
+    /// nothing, when another run already finished the case.
+    pub async fn finish_run(
+        &self,
+        run: &RunRecord,
+        actions: &[ActionRecord],
+        status: CaseStatus,
+        reopen: bool,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE cases SET status = ?2, agent = ?3, updated_at = ?4 \
+             WHERE id = ?1 AND (status = 'queued' OR ?5)",
+        )
+        .bind(&run.case_id)
+        .bind(status.as_str())
+        .bind(&run.agent)
+        .bind(now)
+        .bind(reopen)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agent_runs WHERE case_id = ?1")
+            .bind(&run.case_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let run_id = format!("{}#{}", run.case_id, n + 1);
+        sqlx::query(
+            "INSERT INTO agent_runs (id, case_id, agent, backend, prompt_hash, retrieved, output, \
+             verdicts, outcome, error, attempts, latency_ms, prompt_tokens, completion_tokens, at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )
+        .bind(&run_id)
+        .bind(&run.case_id)
+        .bind(&run.agent)
+        .bind(&run.backend)
+        .bind(&run.prompt_hash)
+        .bind(serde_json::to_string(&run.retrieved)?)
+        .bind(run.output.as_ref().map(|o| o.to_string()))
+        .bind(run.verdicts.to_string())
+        .bind(&run.outcome)
+        .bind(&run.error)
+        .bind(run.attempts as i64)
+        .bind(run.latency_ms)
+        .bind(run.prompt_tokens as i64)
+        .bind(run.completion_tokens as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (i, a) in actions.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO actions (id, case_id, run_id, tool, params, status, at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(format!("{run_id}/{}", i + 1))
+            .bind(&run.case_id)
+            .bind(&run_id)
+            .bind(&a.tool)
+            .bind(a.params.to_string())
+            .bind(&a.status)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn status(&self, case_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT status FROM cases WHERE id = ?1")
+            .bind(case_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// (tool, status) of every action on a case, in order.
+    pub async fn actions(&self, case_id: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT tool, status FROM actions WHERE case_id = ?1 ORDER BY id")
+            .bind(case_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Counts for the audit: cases, runs, actions.
+    pub async fn counts(&self) -> Result<(i64, i64, i64)> {
+        let one = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool);
+        Ok((
+            one("SELECT COUNT(*) FROM cases").await?,
+            one("SELECT COUNT(*) FROM agent_runs").await?,
+            one("SELECT COUNT(*) FROM actions").await?,
+        ))
+    }
+}
