@@ -7,6 +7,7 @@
 //! orchestrator, LLM backends, guardrails and the case store build on these.
 
 pub mod backend;
+pub mod orchestrator;
 pub mod pii;
 pub mod policy_math;
 pub mod resolution;

@@ -1,0 +1,443 @@
+//! The orchestrator: takes deviations from the dataflow side through a bounded queue that never
+//! blocks the caller, persists each as a case before acknowledging it, routes it, retrieves
+//! policy for the chosen agent, asks the backend, checks the guardrails, records the run and
+//! publishes the actions.
+//!
+//! In: deviations ([`StageHandle::offer`] gives the deviation back when the queue is full, so
+//! the caller keeps it and offers it again). Out: case and run records in the
+//! [`CaseStore`], and [`ActionMessage`]s on a channel for the sinks (actions topic, JSONL).
+//!
+//! Failures never lose a case: a tripped guardrail, a backend that keeps failing, or too many
+//! hand-offs end in escalation (a P1/P2 ticket and a request for human approval) with the
+//! reason recorded; cases left queued by a crash are worked on at the next start.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::backend::{AgentRequest, BackendReply, OfflineBackend, OpenAiBackend, RetrievedChunk};
+use super::policy_math::Computed;
+use super::resolution::{check, decide, CaseFacts, Outcome, Verdict};
+use super::routing::{AgentKind, RouteInput, RoutingTable, Tool};
+use super::store::{ActionRecord, CaseStatus, CaseStore, RunRecord};
+use crate::config::pipeline::Severity;
+use crate::model::records::{Deviation, DeviationType};
+use crate::rag::{Filters, KnowledgeBase, Mode};
+
+/// Which backend resolves cases.
+pub enum Backend {
+    Offline,
+    OpenAi(Box<OpenAiBackend>),
+}
+
+/// An action carried out or awaiting approval, as published.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ActionMessage {
+    pub case_id: String,
+    pub agent: String,
+    pub backend: String,
+    pub tool: String,
+    pub params: serde_json::Value,
+    pub status: String,
+}
+
+/// Sizes of the stage.
+#[derive(Clone, Copy, Debug)]
+pub struct StageConfig {
+    /// Deviations waiting to be persisted.
+    pub queue_capacity: usize,
+    /// Cases worked on at once (model calls in flight).
+    pub concurrency: usize,
+    /// Chunks retrieved per policy type of the agent.
+    pub chunks_per_type: usize,
+}
+
+impl Default for StageConfig {
+    fn default() -> Self {
+        StageConfig {
+            queue_capacity: 10_000,
+            concurrency: 64,
+            chunks_per_type: 2,
+        }
+    }
+}
+
+struct Stage {
+    table: Arc<RoutingTable>,
+    kb: Arc<KnowledgeBase>,
+    store: Arc<CaseStore>,
+    backend: Backend,
+    actions: crossbeam_channel::Sender<ActionMessage>,
+    chunks_per_type: usize,
+}
+
+/// The running stage.
+pub struct StageHandle {
+    tx: mpsc::Sender<Deviation>,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+impl StageHandle {
+    /// Hands a deviation over without waiting. Returns it back (`Some`) when the queue is
+    /// full, for the caller to keep and offer again; `None` when the stage took it.
+    pub fn offer(&self, d: Deviation) -> Option<Deviation> {
+        match self.tx.try_send(d) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d)) => {
+                Some(d)
+            }
+        }
+    }
+
+    /// Closes the queue and waits until every accepted case has been worked on.
+    pub async fn finish(self) {
+        drop(self.tx);
+        let _ = self.worker.await;
+    }
+}
+
+/// Starts the stage on the current tokio runtime; first works on cases a crash left queued.
+pub async fn start(
+    cfg: StageConfig,
+    table: Arc<RoutingTable>,
+    kb: Arc<KnowledgeBase>,
+    store: Arc<CaseStore>,
+    backend: Backend,
+    actions: crossbeam_channel::Sender<ActionMessage>,
+) -> Result<StageHandle> {
+    let (tx, mut rx) = mpsc::channel::<Deviation>(cfg.queue_capacity.max(1));
+    let stage = Arc::new(Stage {
+        table,
+        kb,
+        store,
+        backend,
+        actions,
+        chunks_per_type: cfg.chunks_per_type,
+    });
+    let leftover = stage.store.queued().await?;
+    if !leftover.is_empty() {
+        tracing::info!(cases = leftover.len(), "resuming queued cases");
+    }
+    let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let worker = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        let work = |d: Deviation, tasks: &mut tokio::task::JoinSet<()>, permit| {
+            let stage = stage.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                let id = d.id.clone();
+                if let Err(e) = stage.work(d).await {
+                    // The case stays queued and is resumed at the next start.
+                    tracing::error!(case = %id, error = %format!("{e:#}"), "case not finished");
+                }
+            });
+        };
+        for d in leftover {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            work(d, &mut tasks, permit);
+        }
+        while let Some(d) = rx.recv().await {
+            // Persisted before anything else: from here on the case cannot be lost.
+            match stage.store.accept(&d).await {
+                Ok(true) => {}
+                Ok(false) => continue, // redelivered: already a case
+                Err(e) => {
+                    tracing::error!(deviation = %d.id, error = %format!("{e:#}"), "case store refused a deviation");
+                    continue;
+                }
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            work(d, &mut tasks, permit);
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+    Ok(StageHandle { tx, worker })
+}
+
+/// What the deviation says about the order, in the guardrails' terms.
+fn facts_of(d: &Deviation) -> CaseFacts {
+    let cents = |k: &str| d.evidence.get(k).map(|v| (v * 100.0).round() as i64);
+    CaseFacts {
+        order_value: cents("order_value").or_else(|| cents("amount")),
+        days_since_delivery: d.evidence.get("days_since_delivery").map(|v| *v as i64),
+        days_late: d.evidence.get("days_late").map(|v| *v as i64).or_else(|| {
+            d.evidence
+                .get("hours_late")
+                .map(|h| (*h / 24.0).floor() as i64)
+        }),
+        lost: d.kind == DeviationType::FulfillmentGap && d.evidence.contains_key("declared_lost"),
+        vip: d.context.get("vip").is_some_and(|v| v == "true"),
+        ..CaseFacts::default()
+    }
+}
+
+impl Stage {
+    fn computed(&self, agent: AgentKind, facts: &CaseFacts) -> Vec<Computed> {
+        let l = &self.table.limits;
+        let mut out = Vec::new();
+        if agent == AgentKind::Refund {
+            if let (Some(days), Some(value)) = (facts.days_since_delivery, facts.order_value) {
+                out.extend(l.refund(days, value));
+            }
+        }
+        if let (Some(days), Some(value)) = (facts.days_late, facts.order_value) {
+            if days > 0 {
+                out.push(l.late_delivery_credit(days, value));
+            }
+        }
+        out
+    }
+
+    async fn retrieve(
+        &self,
+        agent: AgentKind,
+        d: &Deviation,
+        computed: &[Computed],
+    ) -> Vec<RetrievedChunk> {
+        let spec = self.table.spec(agent);
+        let mut query = format!("{} {}", d.kind.as_str().replace('_', " "), d.summary);
+        for c in computed {
+            query.push(' ');
+            query.push_str(&c.basis);
+        }
+        let kb = self.kb.clone();
+        let types = spec.policy_types.clone();
+        let k = self.chunks_per_type;
+        // faiss and the model are CPU work: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            let mut out: Vec<RetrievedChunk> = Vec::new();
+            for t in types {
+                let f = Filters {
+                    policy_type: Some(t),
+                    jurisdiction: None,
+                };
+                match kb.search(&query, k, &f, Mode::Hybrid) {
+                    Ok(hits) => out.extend(hits.into_iter().map(|h| RetrievedChunk {
+                        chunk_id: h.chunk_id,
+                        text: h.text,
+                    })),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "policy retrieval failed"),
+                }
+            }
+            out
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    async fn ask(&self, req: &AgentRequest) -> std::result::Result<BackendReply, String> {
+        match &self.backend {
+            Backend::Offline => Ok(OfflineBackend.resolve(req)),
+            Backend::OpenAi(b) => b
+                .resolve(req)
+                .await
+                .map_err(|(e, attempts)| format!("{e} (after {attempts} attempts)")),
+        }
+    }
+
+    fn backend_label(&self) -> String {
+        match &self.backend {
+            Backend::Offline => OfflineBackend::LABEL.into(),
+            Backend::OpenAi(b) => b.label(),
+        }
+    }
+
+    async fn work(&self, d: Deviation) -> Result<()> {
+        let route = self.table.route(&RouteInput::of(&d));
+        let facts = facts_of(&d);
+        let mut agent = route.agent;
+        let mut hops = 0;
+        loop {
+            let started = Instant::now();
+            let computed = self.computed(agent, &facts);
+            let retrieved = self.retrieve(agent, &d, &computed).await;
+            let ids: BTreeSet<String> = retrieved.iter().map(|r| r.chunk_id.clone()).collect();
+            let req = AgentRequest {
+                agent,
+                deviation: d.clone(),
+                facts: facts.clone(),
+                computed,
+                retrieved,
+                history: Vec::new(),
+                allowed_tools: self.table.spec(agent).tools.iter().copied().collect(),
+            };
+            let reply = self.ask(&req).await;
+            let latency_ms = started.elapsed().as_millis() as i64;
+            let mut run = RunRecord {
+                case_id: d.id.clone(),
+                agent: agent.as_str().into(),
+                backend: self.backend_label(),
+                prompt_hash: req.prompt_hash(),
+                retrieved: ids.iter().cloned().collect(),
+                output: None,
+                verdicts: json!([]),
+                outcome: String::new(),
+                error: None,
+                attempts: 1,
+                latency_ms,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+            };
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    run.outcome = "failed".into();
+                    run.error = Some(e.clone());
+                    return self
+                        .escalate(run, &d, &format!("backend failed: {e}"))
+                        .await;
+                }
+            };
+            run.backend = reply.backend.clone();
+            run.attempts = reply.attempts;
+            run.prompt_tokens = reply.usage.prompt_tokens;
+            run.completion_tokens = reply.usage.completion_tokens;
+            run.output = serde_json::to_value(&reply.resolution).ok();
+            let verdicts: Vec<Verdict> = check(
+                &reply.resolution,
+                self.table.spec(agent),
+                &ids,
+                &facts,
+                &self.table.limits,
+            );
+            run.verdicts = serde_json::to_value(&verdicts).unwrap_or_default();
+            let outcome = decide(&verdicts);
+            let hand_off = reply
+                .resolution
+                .actions
+                .iter()
+                .find(|a| a.tool == Tool::HandOff)
+                .and_then(|a| a.params.get("to").cloned())
+                .and_then(|v| serde_json::from_value::<AgentKind>(v).ok());
+            match (outcome, hand_off) {
+                (Outcome::Reject, _) => {
+                    run.outcome = "rejected".into();
+                    let why: Vec<String> = verdicts
+                        .iter()
+                        .filter(|v| v.outcome == Outcome::Reject)
+                        .map(|v| format!("{}: {}", v.guardrail, v.detail))
+                        .collect();
+                    return self
+                        .escalate(run, &d, &format!("guardrails: {}", why.join("; ")))
+                        .await;
+                }
+                (_, Some(next)) if next != agent => {
+                    hops += 1;
+                    if hops > self.table.hop_limit {
+                        run.outcome = "rejected".into();
+                        return self
+                            .escalate(
+                                run,
+                                &d,
+                                &format!("hop limit {} reached", self.table.hop_limit),
+                            )
+                            .await;
+                    }
+                    agent = next;
+                    continue;
+                }
+                (Outcome::NeedsApproval, _) => {
+                    run.outcome = "pending_approval".into();
+                    let mut actions: Vec<ActionRecord> = reply
+                        .resolution
+                        .actions
+                        .iter()
+                        .map(|a| ActionRecord {
+                            tool: serde_json::to_value(a.tool)
+                                .map(|v| v.as_str().unwrap_or("").to_string())
+                                .unwrap_or_default(),
+                            params: serde_json::Value::Object(a.params.clone()),
+                            status: if matches!(a.tool, Tool::IssueRefund | Tool::ApplyCredit) {
+                                "pending_approval".into()
+                            } else {
+                                "done".into()
+                            },
+                        })
+                        .collect();
+                    let reasons: Vec<String> = verdicts
+                        .iter()
+                        .filter(|v| v.outcome == Outcome::NeedsApproval)
+                        .map(|v| v.detail.clone())
+                        .collect();
+                    actions.push(ActionRecord {
+                        tool: "request_human_approval".into(),
+                        params: json!({ "reason": reasons.join("; ") }),
+                        status: "done".into(),
+                    });
+                    return self.record(run, actions, CaseStatus::PendingApproval).await;
+                }
+                _ => {
+                    run.outcome = "accepted".into();
+                    let actions = reply
+                        .resolution
+                        .actions
+                        .iter()
+                        .map(|a| ActionRecord {
+                            tool: serde_json::to_value(a.tool)
+                                .map(|v| v.as_str().unwrap_or("").to_string())
+                                .unwrap_or_default(),
+                            params: serde_json::Value::Object(a.params.clone()),
+                            status: "done".into(),
+                        })
+                        .collect();
+                    return self.record(run, actions, CaseStatus::Resolved).await;
+                }
+            }
+        }
+    }
+
+    /// Ends a case with people: a ticket by severity and a request for approval, with the reason.
+    async fn escalate(&self, mut run: RunRecord, d: &Deviation, reason: &str) -> Result<()> {
+        let priority = match d.severity {
+            Severity::Critical => "P1",
+            _ => "P2",
+        };
+        run.agent = format!("{} -> escalation", run.agent);
+        let actions = vec![
+            ActionRecord {
+                tool: "create_ticket".into(),
+                params: json!({ "priority": priority, "summary": d.summary, "reason": reason }),
+                status: "done".into(),
+            },
+            ActionRecord {
+                tool: "request_human_approval".into(),
+                params: json!({ "reason": reason }),
+                status: "done".into(),
+            },
+        ];
+        self.record(run, actions, CaseStatus::Escalated).await
+    }
+
+    async fn record(
+        &self,
+        run: RunRecord,
+        actions: Vec<ActionRecord>,
+        status: CaseStatus,
+    ) -> Result<()> {
+        if !self.store.finish_run(&run, &actions, status, false).await? {
+            // Another run finished this case first: publish nothing twice.
+            return Ok(());
+        }
+        for a in actions {
+            let _ = self.actions.send(ActionMessage {
+                case_id: run.case_id.clone(),
+                agent: run.agent.clone(),
+                backend: run.backend.clone(),
+                tool: a.tool,
+                params: a.params,
+                status: a.status,
+            });
+        }
+        Ok(())
+    }
+}

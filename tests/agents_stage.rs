@@ -1,0 +1,237 @@
+//! The orchestrated agent stage end to end on a real SQLite store and a real faiss/BM25 knowledge
+//! base: every offered deviation becomes exactly one case with one run, actions are published
+//! once, redelivery after a restart changes nothing, cases a crash left queued are finished at
+//! the next start, a full queue hands deviations back instead of blocking, and a model that
+//! hangs ends in escalation with the reason recorded.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fulfillment_ai::agents::backend::{OpenAiBackend, StructuredOutput};
+use fulfillment_ai::agents::orchestrator::{start, ActionMessage, Backend, StageConfig};
+use fulfillment_ai::agents::store::CaseStore;
+use fulfillment_ai::agents::RoutingTable;
+use fulfillment_ai::config::duration::Duration as ConfigDuration;
+use fulfillment_ai::config::pipeline::Severity;
+use fulfillment_ai::llm::stub::{Behaviour, StubServer};
+use fulfillment_ai::llm::OpenAiSettings;
+use fulfillment_ai::model::records::{Deviation, DeviationType as T};
+use fulfillment_ai::rag::embed::HashedNgrams;
+use fulfillment_ai::rag::{KbPaths, KnowledgeBase};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn dev(id: &str, kind: T, severity: Severity, evidence: &[(&str, f64)]) -> Deviation {
+    Deviation {
+        id: id.into(),
+        kind,
+        severity,
+        order_id: Some(format!("CA-{id}")),
+        context: [("segment".into(), "Consumer".into())]
+            .into_iter()
+            .collect(),
+        evidence: evidence.iter().map(|(k, v)| ((*k).into(), *v)).collect(),
+        summary: format!("{} on order CA-{id}", kind.as_str()),
+        event_time: 0,
+        detected_at: 0,
+    }
+}
+
+fn deviations() -> Vec<Deviation> {
+    let mut v = Vec::new();
+    for i in 0..10 {
+        v.push(dev(
+            &format!("pay{i}"),
+            T::PaymentFailed,
+            Severity::Warning,
+            &[("amount", 80.0), ("attempt", 1.0 + (i % 3) as f64)],
+        ));
+        v.push(dev(
+            &format!("ref{i}"),
+            T::RefundRequested,
+            Severity::Info,
+            &[
+                ("amount", 100.0),
+                ("days_since_delivery", 10.0 + 10.0 * i as f64),
+            ],
+        ));
+        v.push(dev(
+            &format!("gap{i}"),
+            T::FulfillmentGap,
+            Severity::Warning,
+            &[("hours_in_transit", 90.0)],
+        ));
+        v.push(dev(
+            &format!("tix{i}"),
+            T::TicketRaised,
+            Severity::Info,
+            &[],
+        ));
+    }
+    v.push(dev(
+        "big",
+        T::PaymentFailed,
+        Severity::Warning,
+        &[("amount", 1500.0)],
+    ));
+    v.push(dev(
+        "kpi",
+        T::KpiThresholdBreach,
+        Severity::Critical,
+        &[("value", 0.4)],
+    ));
+    v
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    table: Arc<RoutingTable>,
+    kb: Arc<KnowledgeBase>,
+    db: std::path::PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let kb = KnowledgeBase::open(
+        KbPaths {
+            policies_dir: Path::new(ROOT).join("policies"),
+            data_dir: dir.path().join("kb"),
+        },
+        Box::new(HashedNgrams),
+    )
+    .unwrap();
+    Fixture {
+        table: Arc::new(RoutingTable::load(&Path::new(ROOT).join("config/agents.yaml")).unwrap()),
+        kb: Arc::new(kb),
+        db: dir.path().join("cases.db"),
+        _dir: dir,
+    }
+}
+
+async fn run_stage(
+    f: &Fixture,
+    backend: Backend,
+    cfg: StageConfig,
+    input: &[Deviation],
+) -> Vec<ActionMessage> {
+    let store = Arc::new(CaseStore::open(&f.db).await.unwrap());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stage = start(cfg, f.table.clone(), f.kb.clone(), store, backend, tx)
+        .await
+        .unwrap();
+    for d in input {
+        let mut d = d.clone();
+        // A full queue gives the deviation back; the caller keeps it and offers it again.
+        loop {
+            match stage.offer(d) {
+                None => break,
+                Some(back) => {
+                    d = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+    stage.finish().await;
+    rx.try_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_deviation_is_resolved_once_and_redelivery_changes_nothing() {
+    let f = fixture();
+    let input = deviations();
+    let cfg = StageConfig {
+        queue_capacity: 2,
+        ..StageConfig::default()
+    };
+    let published = run_stage(&f, Backend::Offline, cfg, &input).await;
+    let store = CaseStore::open(&f.db).await.unwrap();
+    let (cases, runs, actions) = store.counts().await.unwrap();
+    assert_eq!((cases, runs), (42, 42));
+    assert_eq!(actions as usize, published.len());
+    assert!(store.queued().await.unwrap().is_empty());
+    // Refund within 30 days: resolved by a refund of the full $100, cited.
+    assert_eq!(
+        store.status("ref0").await.unwrap().as_deref(),
+        Some("resolved")
+    );
+    let refund = published
+        .iter()
+        .find(|a| a.case_id == "ref0" && a.tool == "issue_refund")
+        .unwrap();
+    assert_eq!(refund.params["amount_cents"], 100_00);
+    assert_eq!(refund.backend, "offline-rules-v1");
+    // Day 70: no refund is issued.
+    assert!(!published
+        .iter()
+        .any(|a| a.case_id == "ref6" && a.tool == "issue_refund"));
+    // Over $1,000: routed to people.
+    let big: Vec<&str> = published
+        .iter()
+        .filter(|a| a.case_id == "big")
+        .map(|a| a.tool.as_str())
+        .collect();
+    assert!(big.contains(&"request_human_approval"), "{big:?}");
+    // The third failed payment holds the order instead of retrying.
+    assert!(published
+        .iter()
+        .any(|a| a.case_id == "pay2" && a.tool == "hold_order"));
+    drop(store);
+
+    // Restart and redeliver everything: no new runs, nothing published.
+    let again = run_stage(&f, Backend::Offline, StageConfig::default(), &input).await;
+    assert!(again.is_empty(), "{again:?}");
+    let store = CaseStore::open(&f.db).await.unwrap();
+    assert_eq!(store.counts().await.unwrap(), (42, 42, actions));
+
+    // A case accepted just before a crash is finished at the next start.
+    let late = dev("late", T::TicketRaised, Severity::Info, &[]);
+    assert!(store.accept(&late).await.unwrap());
+    drop(store);
+    let resumed = run_stage(&f, Backend::Offline, StageConfig::default(), &[]).await;
+    assert!(resumed.iter().all(|a| a.case_id == "late") && !resumed.is_empty());
+    let store = CaseStore::open(&f.db).await.unwrap();
+    assert_eq!(store.counts().await.unwrap().1, 43);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_model_ends_in_escalation_with_the_reason() {
+    let f = fixture();
+    let stub = StubServer::start("127.0.0.1:0").unwrap();
+    stub.script(vec![Behaviour::Hang; 100]);
+    let settings = OpenAiSettings {
+        base_url: stub.base_url(),
+        api_key_env: "FULFILLMENT_TEST_NO_KEY".into(),
+        timeout: ConfigDuration(300),
+        max_retries: 0,
+    };
+    let backend = Backend::OpenAi(Box::new(
+        OpenAiBackend::new(&settings, "stub-chat", StructuredOutput::JsonSchema, 3).unwrap(),
+    ));
+    let input: Vec<Deviation> = deviations().into_iter().take(6).collect();
+    let published = run_stage(&f, backend, StageConfig::default(), &input).await;
+    let store = CaseStore::open(&f.db).await.unwrap();
+    assert_eq!(store.counts().await.unwrap().0, 6);
+    for d in &input {
+        assert_eq!(
+            store.status(&d.id).await.unwrap().as_deref(),
+            Some("escalated"),
+            "{}",
+            d.id
+        );
+        let tools: Vec<&str> = published
+            .iter()
+            .filter(|a| a.case_id == d.id)
+            .map(|a| a.tool.as_str())
+            .collect();
+        assert_eq!(tools, vec!["create_ticket", "request_human_approval"]);
+    }
+    let reason = published[0].params["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("timed out") && reason.contains("after 3 attempts"),
+        "{reason}"
+    );
+    // Three attempts per case reached the stub.
+    assert_eq!(stub.requests().len(), 18);
+}
