@@ -81,6 +81,13 @@ fn deviations() -> Vec<Deviation> {
         Severity::Critical,
         &[("value", 0.4)],
     ));
+    // A full refund of $600 is above the $500 agent limit: it waits for the Refunds Supervisor.
+    v.push(dev(
+        "ref-big",
+        T::RefundRequested,
+        Severity::Info,
+        &[("amount", 600.0), ("days_since_delivery", 10.0)],
+    ));
     v
 }
 
@@ -148,7 +155,7 @@ async fn every_deviation_is_resolved_once_and_redelivery_changes_nothing() {
     let published = run_stage(&f, Backend::Offline, cfg, &input).await;
     let store = CaseStore::open(&f.db).await.unwrap();
     let (cases, runs, actions) = store.counts().await.unwrap();
-    assert_eq!((cases, runs), (42, 42));
+    assert_eq!((cases, runs), (43, 43));
     assert_eq!(actions as usize, published.len());
     assert!(store.queued().await.unwrap().is_empty());
     // Refund within 30 days: resolved by a refund of the full $100, cited.
@@ -173,6 +180,23 @@ async fn every_deviation_is_resolved_once_and_redelivery_changes_nothing() {
         .map(|a| a.tool.as_str())
         .collect();
     assert!(big.contains(&"request_human_approval"), "{big:?}");
+    assert_eq!(
+        store.status("ref-big").await.unwrap().as_deref(),
+        Some("pending_approval")
+    );
+    let big_refund: Vec<(&str, &str)> = published
+        .iter()
+        .filter(|a| a.case_id == "ref-big")
+        .map(|a| (a.tool.as_str(), a.status.as_str()))
+        .collect();
+    assert!(
+        big_refund.contains(&("issue_refund", "pending_approval")),
+        "{big_refund:?}"
+    );
+    assert!(
+        big_refund.contains(&("request_human_approval", "done")),
+        "{big_refund:?}"
+    );
     // The third failed payment holds the order instead of retrying.
     assert!(published
         .iter()
@@ -183,7 +207,7 @@ async fn every_deviation_is_resolved_once_and_redelivery_changes_nothing() {
     let again = run_stage(&f, Backend::Offline, StageConfig::default(), &input).await;
     assert!(again.is_empty(), "{again:?}");
     let store = CaseStore::open(&f.db).await.unwrap();
-    assert_eq!(store.counts().await.unwrap(), (42, 42, actions));
+    assert_eq!(store.counts().await.unwrap(), (43, 43, actions));
 
     // A case accepted just before a crash is finished at the next start.
     let late = dev("late", T::TicketRaised, Severity::Info, &[]);
@@ -192,7 +216,7 @@ async fn every_deviation_is_resolved_once_and_redelivery_changes_nothing() {
     let resumed = run_stage(&f, Backend::Offline, StageConfig::default(), &[]).await;
     assert!(resumed.iter().all(|a| a.case_id == "late") && !resumed.is_empty());
     let store = CaseStore::open(&f.db).await.unwrap();
-    assert_eq!(store.counts().await.unwrap().1, 43);
+    assert_eq!(store.counts().await.unwrap().1, 44);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

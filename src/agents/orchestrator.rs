@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::backend::{AgentRequest, BackendReply, OfflineBackend, OpenAiBackend, RetrievedChunk};
 use super::policy_math::Computed;
-use super::resolution::{check, decide, CaseFacts, Outcome, Verdict};
+use super::resolution::{check, decide, CaseFacts, Outcome, ProposedAction, Verdict};
 use super::routing::{AgentKind, RouteInput, RoutingTable, Tool};
 use super::store::{ActionRecord, CaseStatus, CaseStore, RunRecord};
 use crate::config::pipeline::Severity;
@@ -162,6 +162,25 @@ pub async fn start(
         while tasks.join_next().await.is_some() {}
     });
     Ok(StageHandle { tx, worker })
+}
+
+/// The resolution's actions as records; with `pending`, money actions wait for approval.
+fn records_of(actions: &[ProposedAction], pending: bool) -> Vec<ActionRecord> {
+    actions
+        .iter()
+        .map(|a| ActionRecord {
+            tool: serde_json::to_value(a.tool)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            params: serde_json::Value::Object(a.params.clone()),
+            status: if pending && matches!(a.tool, Tool::IssueRefund | Tool::ApplyCredit) {
+                "pending_approval".into()
+            } else {
+                "done".into()
+            },
+        })
+        .collect()
 }
 
 /// What the deviation says about the order, in the guardrails' terms.
@@ -348,22 +367,7 @@ impl Stage {
                 }
                 (Outcome::NeedsApproval, _) => {
                     run.outcome = "pending_approval".into();
-                    let mut actions: Vec<ActionRecord> = reply
-                        .resolution
-                        .actions
-                        .iter()
-                        .map(|a| ActionRecord {
-                            tool: serde_json::to_value(a.tool)
-                                .map(|v| v.as_str().unwrap_or("").to_string())
-                                .unwrap_or_default(),
-                            params: serde_json::Value::Object(a.params.clone()),
-                            status: if matches!(a.tool, Tool::IssueRefund | Tool::ApplyCredit) {
-                                "pending_approval".into()
-                            } else {
-                                "done".into()
-                            },
-                        })
-                        .collect();
+                    let mut actions = records_of(&reply.resolution.actions, true);
                     let reasons: Vec<String> = verdicts
                         .iter()
                         .filter(|v| v.outcome == Outcome::NeedsApproval)
@@ -378,18 +382,7 @@ impl Stage {
                 }
                 _ => {
                     run.outcome = "accepted".into();
-                    let actions = reply
-                        .resolution
-                        .actions
-                        .iter()
-                        .map(|a| ActionRecord {
-                            tool: serde_json::to_value(a.tool)
-                                .map(|v| v.as_str().unwrap_or("").to_string())
-                                .unwrap_or_default(),
-                            params: serde_json::Value::Object(a.params.clone()),
-                            status: "done".into(),
-                        })
-                        .collect();
+                    let actions = records_of(&reply.resolution.actions, false);
                     return self.record(run, actions, CaseStatus::Resolved).await;
                 }
             }
