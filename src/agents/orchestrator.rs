@@ -11,20 +11,20 @@
 //! hand-offs end in escalation (a P1/P2 ticket and a request for human approval) with the
 //! reason recorded; cases left queued by a crash are worked on at the next start.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::backend::{AgentRequest, BackendReply, OfflineBackend, OpenAiBackend, RetrievedChunk};
 use super::policy_math::Computed;
 use super::resolution::{check, decide, CaseFacts, Outcome, ProposedAction, Verdict};
 use super::routing::{AgentKind, RouteInput, RoutingTable, Tool};
-use super::store::{ActionRecord, CaseStatus, CaseStore, RunRecord};
+use super::store::{ActionRecord, CaseStatus, CaseStore, FinishedRun, RunRecord};
 use crate::config::pipeline::Severity;
 use crate::model::records::{Deviation, DeviationType};
 use crate::rag::{Filters, KnowledgeBase, Mode};
@@ -67,19 +67,38 @@ impl Default for StageConfig {
     }
 }
 
+/// Retrieved chunks by (agent, query), valid for one version of the knowledge base.
+#[derive(Default)]
+struct RetrievalCache {
+    kb_version: String,
+    hits: HashMap<(AgentKind, String), Vec<RetrievedChunk>>,
+}
+
+/// Entries kept before the cache starts over.
+const RETRIEVAL_CACHE_CAPACITY: usize = 4096;
+
+/// Finished runs waiting to be recorded; `done` learns whether the run was recorded.
+struct ToRecord {
+    finished: FinishedRun,
+    done: Option<oneshot::Sender<bool>>,
+}
+
 struct Stage {
     table: Arc<RoutingTable>,
     kb: Arc<KnowledgeBase>,
     store: Arc<CaseStore>,
     backend: Backend,
-    actions: crossbeam_channel::Sender<ActionMessage>,
+    recorder: mpsc::UnboundedSender<ToRecord>,
     chunks_per_type: usize,
+    cache: Mutex<RetrievalCache>,
 }
 
 /// The running stage.
 pub struct StageHandle {
     tx: mpsc::Sender<Deviation>,
+    stage: Arc<Stage>,
     worker: tokio::task::JoinHandle<()>,
+    recorder: tokio::task::JoinHandle<()>,
 }
 
 impl StageHandle {
@@ -94,10 +113,77 @@ impl StageHandle {
         }
     }
 
-    /// Closes the queue and waits until every accepted case has been worked on.
+    /// Continues a case with a message from an operator or a customer: the message joins the
+    /// conversation and the case's agent runs again with the history. Returns the case's new
+    /// status.
+    pub async fn follow_up(&self, case_id: &str, role: &str, body: &str) -> Result<String> {
+        if !matches!(role, "operator" | "customer") {
+            anyhow::bail!("role `{role}`: use operator or customer");
+        }
+        let Some((d, _)) = self.stage.store.case(case_id).await? else {
+            anyhow::bail!("no case {case_id}");
+        };
+        self.stage.store.add_message(case_id, role, body).await?;
+        let history: Vec<String> = self
+            .stage
+            .store
+            .messages(case_id)
+            .await?
+            .into_iter()
+            .skip(1) // the deviation itself is in the prompt already
+            .map(|m| format!("{}: {}", m.role, m.body))
+            .collect();
+        let (done, recorded) = oneshot::channel();
+        self.stage.work(d, history, Some(done)).await?;
+        recorded.await.context("the recorder stopped")?;
+        Ok(self.stage.store.status(case_id).await?.unwrap_or_default())
+    }
+
+    /// Closes the queue and waits until every accepted case has been worked on and recorded.
     pub async fn finish(self) {
         drop(self.tx);
+        drop(self.stage);
         let _ = self.worker.await;
+        let _ = self.recorder.await;
+    }
+}
+
+/// Records finished runs in batches (one transaction each, so one disk sync for many cases)
+/// and publishes the actions of every run that was recorded.
+async fn record_batches(
+    store: Arc<CaseStore>,
+    mut rx: mpsc::UnboundedReceiver<ToRecord>,
+    actions: crossbeam_channel::Sender<ActionMessage>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 512).await > 0 {
+        let runs: Vec<FinishedRun> = batch.iter().map(|r| r.finished.clone()).collect();
+        let recorded = match store.finish_runs(&runs).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The cases stay queued and are worked on again at the next start.
+                tracing::error!(cases = runs.len(), error = %format!("{e:#}"), "recording runs failed");
+                vec![false; runs.len()]
+            }
+        };
+        for (r, ok) in batch.drain(..).zip(recorded) {
+            if ok {
+                let run = &r.finished.run;
+                for a in &r.finished.actions {
+                    let _ = actions.send(ActionMessage {
+                        case_id: run.case_id.clone(),
+                        agent: run.agent.clone(),
+                        backend: run.backend.clone(),
+                        tool: a.tool.clone(),
+                        params: a.params.clone(),
+                        status: a.status.clone(),
+                    });
+                }
+            }
+            if let Some(done) = r.done {
+                let _ = done.send(ok);
+            }
+        }
     }
 }
 
@@ -111,27 +197,32 @@ pub async fn start(
     actions: crossbeam_channel::Sender<ActionMessage>,
 ) -> Result<StageHandle> {
     let (tx, mut rx) = mpsc::channel::<Deviation>(cfg.queue_capacity.max(1));
+    let (recorder_tx, recorder_rx) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn(record_batches(store.clone(), recorder_rx, actions));
     let stage = Arc::new(Stage {
         table,
         kb,
         store,
         backend,
-        actions,
+        recorder: recorder_tx,
         chunks_per_type: cfg.chunks_per_type,
+        cache: Mutex::new(RetrievalCache::default()),
     });
     let leftover = stage.store.queued().await?;
     if !leftover.is_empty() {
         tracing::info!(cases = leftover.len(), "resuming queued cases");
     }
     let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let worker_stage = stage.clone();
     let worker = tokio::spawn(async move {
+        let stage = worker_stage;
         let mut tasks = tokio::task::JoinSet::new();
         let work = |d: Deviation, tasks: &mut tokio::task::JoinSet<()>, permit| {
             let stage = stage.clone();
             tasks.spawn(async move {
                 let _permit = permit;
                 let id = d.id.clone();
-                if let Err(e) = stage.work(d).await {
+                if let Err(e) = stage.work(d, Vec::new(), None).await {
                     // The case stays queued and is resumed at the next start.
                     tracing::error!(case = %id, error = %format!("{e:#}"), "case not finished");
                 }
@@ -143,25 +234,47 @@ pub async fn start(
             };
             work(d, &mut tasks, permit);
         }
-        while let Some(d) = rx.recv().await {
-            // Persisted before anything else: from here on the case cannot be lost.
-            match stage.store.accept(&d).await {
-                Ok(true) => {}
-                Ok(false) => continue, // redelivered: already a case
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, 512).await > 0 {
+            // Persisted before anything else (many in one transaction): from here on a case
+            // cannot be lost.
+            let accepted = match stage.store.accept_many(&batch).await {
+                Ok(a) => a,
                 Err(e) => {
-                    tracing::error!(deviation = %d.id, error = %format!("{e:#}"), "case store refused a deviation");
+                    tracing::error!(deviations = batch.len(), error = %format!("{e:#}"), "case store refused deviations");
+                    batch.clear();
                     continue;
                 }
-            }
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
             };
-            work(d, &mut tasks, permit);
-            while tasks.try_join_next().is_some() {}
+            for (d, new) in batch.drain(..).zip(accepted) {
+                if !new {
+                    continue; // redelivered: already a case
+                }
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                work(d, &mut tasks, permit);
+                while tasks.try_join_next().is_some() {}
+            }
         }
         while tasks.join_next().await.is_some() {}
     });
-    Ok(StageHandle { tx, worker })
+    Ok(StageHandle {
+        tx,
+        stage,
+        worker,
+        recorder,
+    })
+}
+
+/// The words of a retrieval query that say what kind of case it is: order ids, amounts and
+/// other figures vary per case and would only make every query unique.
+fn query_words(text: &str, order_id: Option<&str>) -> String {
+    text.split_whitespace()
+        .filter(|w| order_id.is_none_or(|o| !w.contains(o)))
+        .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The resolution's actions as records; with `pending`, money actions wait for approval.
@@ -229,12 +342,24 @@ impl Stage {
             query.push(' ');
             query.push_str(&c.basis);
         }
+        let query = query_words(&query, d.order_id.as_deref());
+        let kb_version = self.kb.content_hash();
+        let key = (agent, query);
+        if let Ok(cache) = self.cache.lock() {
+            if cache.kb_version == kb_version {
+                if let Some(hit) = cache.hits.get(&key) {
+                    return hit.clone();
+                }
+            }
+        }
         let kb = self.kb.clone();
         let types = spec.policy_types.clone();
         let k = self.chunks_per_type;
+        let query = key.1.clone();
         // faiss and the model are CPU work: off the async threads.
-        tokio::task::spawn_blocking(move || {
+        let (found, complete) = tokio::task::spawn_blocking(move || {
             let mut out: Vec<RetrievedChunk> = Vec::new();
+            let mut complete = true;
             for t in types {
                 let f = Filters {
                     policy_type: Some(t),
@@ -245,13 +370,26 @@ impl Stage {
                         chunk_id: h.chunk_id,
                         text: h.text,
                     })),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "policy retrieval failed"),
+                    Err(e) => {
+                        complete = false;
+                        tracing::warn!(error = %format!("{e:#}"), "policy retrieval failed")
+                    }
                 }
             }
-            out
+            (out, complete)
         })
         .await
-        .unwrap_or_default()
+        .unwrap_or_default();
+        if complete {
+            if let Ok(mut cache) = self.cache.lock() {
+                if cache.kb_version != kb_version || cache.hits.len() >= RETRIEVAL_CACHE_CAPACITY {
+                    cache.hits.clear();
+                    cache.kb_version = kb_version;
+                }
+                cache.hits.insert(key, found.clone());
+            }
+        }
+        found
     }
 
     async fn ask(&self, req: &AgentRequest) -> std::result::Result<BackendReply, String> {
@@ -271,7 +409,17 @@ impl Stage {
         }
     }
 
-    async fn work(&self, d: Deviation) -> Result<()> {
+    /// Works a case to its end: resolution, approval or escalation. `history` carries earlier
+    /// turns of a follow-up (which may finish a case that is no longer queued); `done` learns
+    /// whether the run was recorded.
+    async fn work(
+        &self,
+        d: Deviation,
+        history: Vec<String>,
+        done: Option<oneshot::Sender<bool>>,
+    ) -> Result<()> {
+        let reopen = !history.is_empty();
+        let mut done = done;
         let route = self.table.route(&RouteInput::of(&d));
         let facts = facts_of(&d);
         let mut agent = route.agent;
@@ -287,7 +435,7 @@ impl Stage {
                 facts: facts.clone(),
                 computed,
                 retrieved,
-                history: Vec::new(),
+                history: history.clone(),
                 allowed_tools: self.table.spec(agent).tools.iter().copied().collect(),
             };
             let reply = self.ask(&req).await;
@@ -313,7 +461,13 @@ impl Stage {
                     run.outcome = "failed".into();
                     run.error = Some(e.clone());
                     return self
-                        .escalate(run, &d, &format!("backend failed: {e}"))
+                        .escalate(
+                            run,
+                            &d,
+                            &format!("backend failed: {e}"),
+                            reopen,
+                            done.take(),
+                        )
                         .await;
                 }
             };
@@ -347,7 +501,13 @@ impl Stage {
                         .map(|v| format!("{}: {}", v.guardrail, v.detail))
                         .collect();
                     return self
-                        .escalate(run, &d, &format!("guardrails: {}", why.join("; ")))
+                        .escalate(
+                            run,
+                            &d,
+                            &format!("guardrails: {}", why.join("; ")),
+                            reopen,
+                            done.take(),
+                        )
                         .await;
                 }
                 (_, Some(next)) if next != agent => {
@@ -359,6 +519,8 @@ impl Stage {
                                 run,
                                 &d,
                                 &format!("hop limit {} reached", self.table.hop_limit),
+                                reopen,
+                                done.take(),
                             )
                             .await;
                     }
@@ -378,19 +540,32 @@ impl Stage {
                         params: json!({ "reason": reasons.join("; ") }),
                         status: "done".into(),
                     });
-                    return self.record(run, actions, CaseStatus::PendingApproval).await;
+                    return self.record(
+                        run,
+                        actions,
+                        CaseStatus::PendingApproval,
+                        reopen,
+                        done.take(),
+                    );
                 }
                 _ => {
                     run.outcome = "accepted".into();
                     let actions = records_of(&reply.resolution.actions, false);
-                    return self.record(run, actions, CaseStatus::Resolved).await;
+                    return self.record(run, actions, CaseStatus::Resolved, reopen, done.take());
                 }
             }
         }
     }
 
     /// Ends a case with people: a ticket by severity and a request for approval, with the reason.
-    async fn escalate(&self, mut run: RunRecord, d: &Deviation, reason: &str) -> Result<()> {
+    async fn escalate(
+        &self,
+        mut run: RunRecord,
+        d: &Deviation,
+        reason: &str,
+        reopen: bool,
+        done: Option<oneshot::Sender<bool>>,
+    ) -> Result<()> {
         let priority = match d.severity {
             Severity::Critical => "P1",
             _ => "P2",
@@ -408,29 +583,29 @@ impl Stage {
                 status: "done".into(),
             },
         ];
-        self.record(run, actions, CaseStatus::Escalated).await
+        self.record(run, actions, CaseStatus::Escalated, reopen, done)
     }
 
-    async fn record(
+    /// Hands the run to the recorder, which writes it (only if the case is still open to it)
+    /// and then publishes its actions, so nothing is published twice.
+    fn record(
         &self,
         run: RunRecord,
         actions: Vec<ActionRecord>,
         status: CaseStatus,
+        reopen: bool,
+        done: Option<oneshot::Sender<bool>>,
     ) -> Result<()> {
-        if !self.store.finish_run(&run, &actions, status, false).await? {
-            // Another run finished this case first: publish nothing twice.
-            return Ok(());
-        }
-        for a in actions {
-            let _ = self.actions.send(ActionMessage {
-                case_id: run.case_id.clone(),
-                agent: run.agent.clone(),
-                backend: run.backend.clone(),
-                tool: a.tool,
-                params: a.params,
-                status: a.status,
-            });
-        }
-        Ok(())
+        self.recorder
+            .send(ToRecord {
+                finished: FinishedRun {
+                    run,
+                    actions,
+                    status,
+                    reopen,
+                },
+                done,
+            })
+            .map_err(|_| anyhow::anyhow!("the recorder stopped"))
     }
 }

@@ -74,6 +74,16 @@ pub struct ActionRecord {
     pub status: String,
 }
 
+/// A run to record with its actions and the case's new status.
+#[derive(Clone, Debug)]
+pub struct FinishedRun {
+    pub run: RunRecord,
+    pub actions: Vec<ActionRecord>,
+    pub status: CaseStatus,
+    /// Record even though the case is no longer queued (an operator follow-up).
+    pub reopen: bool,
+}
+
 /// A message in a case's conversation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CaseMessage {
@@ -95,6 +105,17 @@ fn now_ms() -> i64 {
 }
 
 impl CaseStore {
+    /// Opens the configured database: a file path or a `sqlite://` URL.
+    pub async fn connect(database: &str) -> Result<CaseStore> {
+        match database.strip_prefix("sqlite://") {
+            Some(path) => Self::open(Path::new(path)).await,
+            None if database.contains("://") => anyhow::bail!(
+                "case store `{database}`: only SQLite (a file path or sqlite:// URL) is supported"
+            ),
+            None => Self::open(Path::new(database)).await,
+        }
+    }
+
     /// Opens (creating) the SQLite database at `path` and applies the migrations.
     pub async fn open(path: &Path) -> Result<CaseStore> {
         if let Some(dir) = path.parent() {
@@ -122,31 +143,50 @@ impl CaseStore {
     /// Records a deviation as a queued case. Returns false when the case already exists
     /// (a redelivery): nothing changes then.
     pub async fn accept(&self, d: &Deviation) -> Result<bool> {
+        Ok(self.accept_many(std::slice::from_ref(d)).await?[0])
+    }
+
+    /// [`accept`](Self::accept) for many deviations in one transaction (one disk sync).
+    pub async fn accept_many(&self, devs: &[Deviation]) -> Result<Vec<bool>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO cases (id, deviation, status, hops, created_at, updated_at) \
-             VALUES (?1, ?2, 'queued', 0, ?3, ?3) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&d.id)
-        .bind(serde_json::to_string(d)?)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted {
-            sqlx::query(
-                "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES (?1, 1, 'deviation', ?2, ?3)",
+        let mut out = Vec::with_capacity(devs.len());
+        for d in devs {
+            let inserted = sqlx::query(
+                "INSERT INTO cases (id, deviation, status, hops, created_at, updated_at) \
+                 VALUES (?1, ?2, 'queued', 0, ?3, ?3) ON CONFLICT (id) DO NOTHING",
             )
             .bind(&d.id)
-            .bind(&d.summary)
+            .bind(serde_json::to_string(d)?)
             .bind(now)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected()
+                == 1;
+            if inserted {
+                sqlx::query(
+                    "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES (?1, 1, 'deviation', ?2, ?3)",
+                )
+                .bind(&d.id)
+                .bind(&d.summary)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            out.push(inserted);
         }
         tx.commit().await?;
-        Ok(inserted)
+        Ok(out)
+    }
+
+    /// The deviation a case was opened for, and the case's status.
+    pub async fn case(&self, case_id: &str) -> Result<Option<(Deviation, String)>> {
+        let row = sqlx::query("SELECT deviation, status FROM cases WHERE id = ?1")
+            .bind(case_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((serde_json::from_str(r.get::<&str, _>(0))?, r.get(1))))
+            .transpose()
     }
 
     /// Deviations of the cases still queued, oldest first (work left by a crash).
@@ -213,69 +253,106 @@ impl CaseStore {
         status: CaseStatus,
         reopen: bool,
     ) -> Result<bool> {
+        let one = FinishedRun {
+            run: run.clone(),
+            actions: actions.to_vec(),
+            status,
+            reopen,
+        };
+        Ok(self.finish_runs(std::slice::from_ref(&one)).await?[0])
+    }
+
+    /// [`finish_run`](Self::finish_run) for many runs in one transaction (one disk sync).
+    pub async fn finish_runs(&self, runs: &[FinishedRun]) -> Result<Vec<bool>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let claimed = sqlx::query(
-            "UPDATE cases SET status = ?2, agent = ?3, updated_at = ?4 \
-             WHERE id = ?1 AND (status = 'queued' OR ?5)",
-        )
-        .bind(&run.case_id)
-        .bind(status.as_str())
-        .bind(&run.agent)
-        .bind(now)
-        .bind(reopen)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !claimed {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agent_runs WHERE case_id = ?1")
-            .bind(&run.case_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let run_id = format!("{}#{}", run.case_id, n + 1);
-        sqlx::query(
-            "INSERT INTO agent_runs (id, case_id, agent, backend, prompt_hash, retrieved, output, \
-             verdicts, outcome, error, attempts, latency_ms, prompt_tokens, completion_tokens, at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )
-        .bind(&run_id)
-        .bind(&run.case_id)
-        .bind(&run.agent)
-        .bind(&run.backend)
-        .bind(&run.prompt_hash)
-        .bind(serde_json::to_string(&run.retrieved)?)
-        .bind(run.output.as_ref().map(|o| o.to_string()))
-        .bind(run.verdicts.to_string())
-        .bind(&run.outcome)
-        .bind(&run.error)
-        .bind(run.attempts as i64)
-        .bind(run.latency_ms)
-        .bind(run.prompt_tokens as i64)
-        .bind(run.completion_tokens as i64)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        for (i, a) in actions.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO actions (id, case_id, run_id, tool, params, status, at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        let mut out = Vec::with_capacity(runs.len());
+        for f in runs {
+            let run = &f.run;
+            let claimed = sqlx::query(
+                "UPDATE cases SET status = ?2, agent = ?3, updated_at = ?4 \
+                 WHERE id = ?1 AND (status = 'queued' OR ?5)",
             )
-            .bind(format!("{run_id}/{}", i + 1))
             .bind(&run.case_id)
+            .bind(f.status.as_str())
+            .bind(&run.agent)
+            .bind(now)
+            .bind(f.reopen)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            out.push(claimed);
+            if !claimed {
+                continue;
+            }
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agent_runs WHERE case_id = ?1")
+                .bind(&run.case_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let run_id = format!("{}#{}", run.case_id, n + 1);
+            sqlx::query(
+                "INSERT INTO agent_runs (id, case_id, agent, backend, prompt_hash, retrieved, output, \
+                 verdicts, outcome, error, attempts, latency_ms, prompt_tokens, completion_tokens, at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )
             .bind(&run_id)
-            .bind(&a.tool)
-            .bind(a.params.to_string())
-            .bind(&a.status)
+            .bind(&run.case_id)
+            .bind(&run.agent)
+            .bind(&run.backend)
+            .bind(&run.prompt_hash)
+            .bind(serde_json::to_string(&run.retrieved)?)
+            .bind(run.output.as_ref().map(|o| o.to_string()))
+            .bind(run.verdicts.to_string())
+            .bind(&run.outcome)
+            .bind(&run.error)
+            .bind(run.attempts as i64)
+            .bind(run.latency_ms)
+            .bind(run.prompt_tokens as i64)
+            .bind(run.completion_tokens as i64)
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            for (i, a) in f.actions.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO actions (id, case_id, run_id, tool, params, status, at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .bind(format!("{run_id}/{}", i + 1))
+                .bind(&run.case_id)
+                .bind(&run_id)
+                .bind(&a.tool)
+                .bind(a.params.to_string())
+                .bind(&a.status)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(summary) = &f.run.output.as_ref().and_then(|o| {
+                o.get("customer_message")
+                    .or_else(|| o.get("rationale"))
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            }) {
+                let seq: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM case_messages WHERE case_id = ?1",
+                )
+                .bind(&run.case_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES (?1, ?2, 'agent', ?3, ?4)",
+                )
+                .bind(&run.case_id)
+                .bind(seq)
+                .bind(summary)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(out)
     }
 
     pub async fn status(&self, case_id: &str) -> Result<Option<String>> {

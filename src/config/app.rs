@@ -33,6 +33,62 @@ pub struct AppConfig {
     pub kb: KbConfig,
     /// The OpenAI-compatible server used by `kb.embedder: openai` and the agents.
     pub openai: OpenAiSettings,
+    pub agents: AgentsConfig,
+}
+
+/// The agent stage of `run`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// Resolve deviations with the agents (`FULFILLMENT_AGENTS`: true | false).
+    pub enabled: bool,
+    /// Routing rules, agents, tools and money limits.
+    pub routing: PathBuf,
+    /// The case store: a SQLite file, or a `sqlite://` URL (`DATABASE_URL`).
+    pub database: String,
+    /// `auto` (the model when its API key is set, offline otherwise), `offline` or `openai`
+    /// (`FULFILLMENT_LLM_BACKEND`).
+    pub backend: String,
+    /// Chat model of the `openai` backend (`FULFILLMENT_LLM_MODEL`).
+    pub model: String,
+    /// How the model is asked for the resolution: `json_schema` or `tool_call`.
+    pub structured: crate::agents::backend::StructuredOutput,
+    /// Attempts per case when the model answers malformed output or times out.
+    pub max_attempts: u32,
+    /// Deviations waiting for the stage; more wait in the job's collector.
+    pub queue_capacity: usize,
+    /// Cases worked on at once (model calls in flight).
+    pub concurrency: usize,
+    /// Policy chunks retrieved per policy type of the agent.
+    pub chunks_per_type: usize,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            enabled: true,
+            routing: PathBuf::from("config/agents.yaml"),
+            database: "data/agents.sqlite".into(),
+            backend: "auto".into(),
+            model: "gpt-4o-mini".into(),
+            structured: crate::agents::backend::StructuredOutput::JsonSchema,
+            max_attempts: 3,
+            queue_capacity: 10_000,
+            concurrency: 64,
+            chunks_per_type: 2,
+        }
+    }
+}
+
+impl AgentsConfig {
+    /// Whether the model backend is used (`auto` with a key, or `openai`).
+    pub fn uses_model(&self, openai: &OpenAiSettings) -> bool {
+        match self.backend.as_str() {
+            "openai" => true,
+            "auto" => openai.api_key().is_some(),
+            _ => false,
+        }
+    }
 }
 
 /// The policy knowledge base.
@@ -110,6 +166,7 @@ impl Default for AppConfig {
             kafka: KafkaConfig::default(),
             kb: KbConfig::default(),
             openai: OpenAiSettings::default(),
+            agents: AgentsConfig::default(),
         }
     }
 }
@@ -163,6 +220,10 @@ impl AppConfig {
                 self.openai.base_url = value;
                 continue;
             }
+            if key == "DATABASE_URL" {
+                self.agents.database = value;
+                continue;
+            }
             let Some(field) = key.strip_prefix("FULFILLMENT_") else {
                 continue;
             };
@@ -195,6 +256,13 @@ impl AppConfig {
                 "KB_DATA_DIR" => self.kb.data_dir = PathBuf::from(value),
                 "KB_EMBEDDER" => self.kb.embedder = value,
                 "KB_EMBEDDING_MODEL" => self.kb.embedding_model = value,
+                "AGENTS" => {
+                    self.agents.enabled = value
+                        .parse()
+                        .map_err(|_| bad(format!("`{value}`: use true or false")))?
+                }
+                "LLM_BACKEND" => self.agents.backend = value,
+                "LLM_MODEL" => self.agents.model = value,
                 "OPENAI_TIMEOUT" => {
                     let d = parse_duration(&value).map_err(bad)?;
                     self.openai.timeout = d;
@@ -265,6 +333,37 @@ impl AppConfig {
         }
         if self.openai.max_retries > 10 {
             return Err(err("openai.max_retries", "must be at most 10"));
+        }
+        let a = &self.agents;
+        if !matches!(a.backend.as_str(), "auto" | "offline" | "openai") {
+            return Err(err("agents.backend", "use `auto`, `offline` or `openai`"));
+        }
+        if a.backend != "offline" && a.model.trim().is_empty() {
+            return Err(err("agents.model", "must name a chat model"));
+        }
+        if a.database.trim().is_empty() {
+            return Err(err(
+                "agents.database",
+                "must be a file path or a sqlite:// URL",
+            ));
+        }
+        if a.database.contains("://") && !a.database.starts_with("sqlite://") {
+            return Err(err(
+                "agents.database",
+                "only SQLite is supported (a file path or sqlite:// URL); postgres:// is not yet",
+            ));
+        }
+        if a.max_attempts == 0 || a.max_attempts > 10 {
+            return Err(err("agents.max_attempts", "must be between 1 and 10"));
+        }
+        if a.queue_capacity == 0 {
+            return Err(err("agents.queue_capacity", "must be positive"));
+        }
+        if a.concurrency == 0 || a.concurrency > 1024 {
+            return Err(err("agents.concurrency", "must be between 1 and 1024"));
+        }
+        if a.chunks_per_type == 0 || a.chunks_per_type > 20 {
+            return Err(err("agents.chunks_per_type", "must be between 1 and 20"));
         }
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(err(

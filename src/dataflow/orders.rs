@@ -331,7 +331,7 @@ impl OrderState {
                             dev.payment_failed.severity,
                             format!("payment_failed:{order_id}:{n}"),
                             order_id,
-                            &rec.dims,
+                            rec,
                             ts,
                             vec![
                                 ("attempt", n as f64),
@@ -398,7 +398,7 @@ impl OrderState {
                             dev.carrier_exception.severity,
                             format!("carrier_exception:{order_id}:{n}"),
                             order_id,
-                            &rec.dims,
+                            rec,
                             ts,
                             vec![("exception", n as f64)],
                             format!("carrier exception on order {order_id}: {reason}"),
@@ -444,7 +444,7 @@ impl OrderState {
                                 dev.partial_delivery.severity,
                                 format!("partial_delivery:{order_id}"),
                                 order_id,
-                                &rec.dims,
+                                rec,
                                 ts,
                                 vec![("ordered_qty", o as f64), ("delivered_qty", d as f64)],
                                 format!("order {order_id} delivered {d} of {o} units"),
@@ -485,7 +485,7 @@ impl OrderState {
                         severity,
                         format!("refund_requested:{order_id}:{}", e.event_id),
                         order_id,
-                        &rec.dims,
+                        rec,
                         ts,
                         vec![("amount", *amount), ("is_return", is_return as u8 as f64)],
                         format!("{what} of {amount:.2} requested for order {order_id}: {reason}"),
@@ -501,7 +501,7 @@ impl OrderState {
                         dev.ticket_raised.severity,
                         format!("ticket_raised:{order_id}:{}", e.event_id),
                         order_id,
-                        &rec.dims,
+                        rec,
                         ts,
                         vec![],
                         format!(
@@ -624,7 +624,7 @@ impl OrderState {
                         dev.sla_ship.severity,
                         format!("sla_ship_breach:{order_id}"),
                         order_id,
-                        &rec.dims,
+                        rec,
                         deadline,
                         vec![
                             ("ship_within_hours", c.ship_within_ms as f64 / 3.6e6),
@@ -645,7 +645,7 @@ impl OrderState {
                         dev.sla_delivery.severity,
                         format!("sla_delivery_breach:{order_id}"),
                         order_id,
-                        &rec.dims,
+                        rec,
                         deadline,
                         vec![
                             ("promised_ts", promised as f64),
@@ -668,7 +668,7 @@ impl OrderState {
                         dev.fulfillment_gap.severity,
                         format!("fulfillment_gap:{order_id}"),
                         order_id,
-                        &rec.dims,
+                        rec,
                         deadline,
                         vec![("hours_in_transit", (deadline - shipped) as f64 / 3.6e6)],
                         format!("order {order_id} shipped but not delivered within the expected transit window"),
@@ -736,17 +736,28 @@ fn order_deviation(
     severity: Severity,
     id: String,
     order_id: &str,
-    dims: &Dims,
+    rec: &OrderRecord,
     event_time: i64,
-    evidence: Vec<(&'static str, f64)>,
+    mut evidence: Vec<(&'static str, f64)>,
     summary: String,
 ) -> Deviation {
+    // What every agent needs to know about the order: its value and, once delivered, how long
+    // ago (the refund tiers count days since delivery).
+    if let Some(c) = &rec.created {
+        evidence.push(("order_value", c.amount_cents as f64 / 100.0));
+    }
+    if let Some(delivered) = rec.delivered_ts {
+        evidence.push((
+            "days_since_delivery",
+            ((event_time - delivered).max(0) / 86_400_000) as f64,
+        ));
+    }
     Deviation {
         id,
         kind,
         severity,
         order_id: Some(order_id.to_string()),
-        context: dims_context(dims),
+        context: dims_context(&rec.dims),
         evidence: evidence
             .into_iter()
             .map(|(k, v)| (CompactString::const_new(k), v))

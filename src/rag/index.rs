@@ -412,6 +412,14 @@ impl KnowledgeBase {
         self.embedder.is_fallback()
     }
 
+    /// Hash of the effective documents and the embedder: changes with every add or delete.
+    pub fn content_hash(&self) -> String {
+        self.inner
+            .read()
+            .map(|i| i.content_hash.clone())
+            .unwrap_or_default()
+    }
+
     pub fn embedder_identity(&self) -> String {
         self.embedder.identity()
     }
