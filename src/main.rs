@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use fulfillment_ai::agents::runner::AgentRunner;
 use fulfillment_ai::bench;
 use fulfillment_ai::config::{AppConfig, PipelineSpec};
 use fulfillment_ai::dataflow::{run_job, JobOptions, JobReport, Pacing};
@@ -213,6 +214,9 @@ struct RunArgs {
     /// `--source kafka`).
     #[arg(long)]
     kafka_out: bool,
+    /// Do not resolve deviations with the agents (same as `agents.enabled: false`).
+    #[arg(long)]
+    no_agents: bool,
 }
 
 #[derive(Args)]
@@ -277,6 +281,17 @@ struct BenchArgs {
     /// Seconds of input per latency measurement.
     #[arg(long, default_value_t = 20.0)]
     latency_seconds: f64,
+    /// Agent-stage benchmarks: deviations resolved per second with the offline backend, and
+    /// with the OpenAI-compatible stub at --agent-latency-ms and --agent-concurrency while the
+    /// dataflow runs a throughput job alongside.
+    #[arg(long)]
+    agents: bool,
+    /// Stub answer latency for the agent benchmark.
+    #[arg(long, default_value_t = 200)]
+    agent_latency_ms: u64,
+    /// Model calls in flight for the stub run of the agent benchmark.
+    #[arg(long, default_value_t = 64)]
+    agent_concurrency: usize,
     /// Internal: run one memory probe with this many open orders and print the RSS in bytes.
     #[arg(long, hide = true)]
     memory_probe: Option<usize>,
@@ -443,6 +458,17 @@ fn run(a: RunArgs) -> Result<()> {
             Some(app.out_dir.clone()),
         )?);
     }
+    if a.no_agents {
+        app.agents.enabled = false;
+    }
+    let agents = if app.agents.enabled {
+        let (runner, tap) =
+            AgentRunner::start(&app, Some(app.out_dir.clone()), opts.kafka_sink.clone())?;
+        opts.deviation_tap = Some(tap);
+        Some(runner)
+    } else {
+        None
+    };
     let out = app.out_dir.clone();
     println!(
         "fulfillment-ai: {} with {} workers",
@@ -464,13 +490,26 @@ fn run(a: RunArgs) -> Result<()> {
         "  follow     tail -f {}/deviations.jsonl   (stop with Ctrl-C)",
         out.display()
     );
+    if let Some(r) = &agents {
+        println!(
+            "  agents     {} -> {}/actions.jsonl; cases in {}",
+            r.backend,
+            out.display(),
+            r.database
+        );
+    }
     if let Some(t) = &opts.kafka_sink {
         println!(
-            "  kafka out  {} (KPIs), {} (deviations), {} (dead letters), {} (late)",
+            "  kafka out  {} (KPIs), {} (deviations), {} (dead letters), {} (late){}",
             t.topics.kpis.name,
             t.topics.deviations.name,
             t.topics.dead_letters.name,
-            t.topics.late_events.name
+            t.topics.late_events.name,
+            if agents.is_some() {
+                format!(", {} (actions)", t.topics.actions.name)
+            } else {
+                String::new()
+            }
         );
     }
     if let Some(progress) = kafka_progress {
@@ -509,7 +548,27 @@ fn run(a: RunArgs) -> Result<()> {
         });
     }
     let report = run_job(&spec, source, &opts)?;
+    // The agent stage finishes once the job's last handle on its input is gone.
+    drop(opts);
     print_summary(&report, &out);
+    if let Some(r) = agents {
+        let s = r.finish()?;
+        let statuses: Vec<String> = s
+            .cases_by_status
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        println!(
+            "agents ({}): {} deviations handed over, {} actions published; store {}: {} ({} runs, {} actions)",
+            s.backend,
+            s.offered,
+            s.actions_published,
+            s.database,
+            statuses.join(", "),
+            s.runs,
+            s.actions
+        );
+    }
     if let Some(k) = report.kafka {
         if k.undelivered > 0 {
             bail!(
@@ -849,6 +908,9 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         }
         results.insert("kafka_latency".into(), serde_json::to_value(&rows)?);
     }
+    if a.agents {
+        results.insert("agents".into(), agent_bench(&app, &spec, &a)?);
+    }
     if a.risk_quality {
         let mut quality = serde_json::Map::new();
         // The weights were chosen on the Superstore replay and generator seed 5; seed 17 is held out.
@@ -879,6 +941,71 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
     Ok(())
+}
+
+/// `bench --agents`: see [`fulfillment_ai::agents::bench`].
+fn agent_bench(app: &AppConfig, spec: &PipelineSpec, a: &BenchArgs) -> Result<serde_json::Value> {
+    use fulfillment_ai::agents::bench::{stage_rate, stub_rate};
+    use fulfillment_ai::agents::orchestrator::Backend;
+    // Real deviations: the job over the Superstore replay plus a generated stream.
+    let mut deviations = Vec::new();
+    for input in [
+        superstore(spec)?,
+        generator(spec, 11, None, None).materialize(Some(8_000)),
+    ] {
+        let report = run_job(spec, Arc::new(input), &JobOptions::default())?;
+        deviations.extend(report.deviations);
+    }
+    let kb = Arc::new(rag::open_configured(&app.kb, &app.openai)?);
+    let offline = stage_rate(
+        app,
+        kb.clone(),
+        &deviations,
+        Backend::Offline,
+        "offline-rules-v1",
+        app.agents.concurrency,
+    )?;
+    if !a.json {
+        println!(
+            "agents offline: {} deviations in {:.2}s = {:.0} resolved/s (concurrency {}); cases {:?}; {} actions",
+            offline.deviations, offline.seconds, offline.per_sec, offline.concurrency, offline.cases_by_status, offline.actions
+        );
+    }
+    // The stub run lasts about 5000 / (concurrency / latency) seconds; the dataflow throughput
+    // job is measured alone, then again while the stub run is in progress.
+    let latency = Duration::from_millis(a.agent_latency_ms);
+    let n = deviations.len().min(5_000);
+    let per_partition = a.events.div_ceil(spec.time.partitions as usize);
+    let input = generator(spec, 11, None, None).materialize(Some(per_partition));
+    let workers = *a.workers.last().unwrap_or(&2);
+    let alone = bench::throughput(spec, &input, workers);
+    let stub_deviations = deviations[..n].to_vec();
+    let (app2, kb2, conc) = (app.clone(), kb.clone(), a.agent_concurrency);
+    let stub_run =
+        std::thread::spawn(move || stub_rate(&app2, kb2, &stub_deviations, latency, conc));
+    std::thread::sleep(Duration::from_millis(500));
+    let with_agents = bench::throughput(spec, &input, workers);
+    let stub = stub_run
+        .join()
+        .map_err(|_| anyhow::anyhow!("the stub run panicked"))??;
+    let ratio = with_agents.events_per_sec / alone.events_per_sec;
+    if !a.json {
+        println!(
+            "agents via stub: {} deviations in {:.2}s = {:.0} resolved/s ({} ms per call, {} in flight; ideal {:.0}/s); cases {:?}",
+            stub.deviations, stub.seconds, stub.per_sec, a.agent_latency_ms, stub.concurrency,
+            stub.concurrency as f64 * 1000.0 / a.agent_latency_ms.max(1) as f64, stub.cases_by_status
+        );
+        println!(
+            "dataflow alongside: {:.0} events/s alone, {:.0} events/s while the stub run is in progress ({:.2}x; {} workers, {:.1}s of the {:.1}s stub run)",
+            alone.events_per_sec, with_agents.events_per_sec, ratio, workers, with_agents.seconds, stub.seconds
+        );
+    }
+    Ok(serde_json::json!({
+        "offline": offline, "stub": stub,
+        "dataflow_alone_events_per_sec": alone.events_per_sec,
+        "dataflow_with_stub_run_events_per_sec": with_agents.events_per_sec,
+        "dataflow_ratio": ratio,
+    }))
 }
 
 fn parse_mode(m: &str) -> Result<Mode> {

@@ -67,11 +67,13 @@ impl Default for StageConfig {
     }
 }
 
-/// Retrieved chunks by (agent, query), valid for one version of the knowledge base.
+/// Retrieved chunks by (agent, query), valid for one version of the knowledge base. Each entry
+/// is filled once: concurrent cases with the same key wait for the first one's search instead
+/// of all embedding the same query.
 #[derive(Default)]
 struct RetrievalCache {
     kb_version: String,
-    hits: HashMap<(AgentKind, String), Vec<RetrievedChunk>>,
+    hits: HashMap<(AgentKind, String), Arc<tokio::sync::OnceCell<Vec<RetrievedChunk>>>>,
 }
 
 /// Entries kept before the cache starts over.
@@ -344,52 +346,61 @@ impl Stage {
         }
         let query = query_words(&query, d.order_id.as_deref());
         let kb_version = self.kb.content_hash();
-        let key = (agent, query);
-        if let Ok(cache) = self.cache.lock() {
-            if cache.kb_version == kb_version {
-                if let Some(hit) = cache.hits.get(&key) {
-                    return hit.clone();
-                }
+        let cell = {
+            let Ok(mut cache) = self.cache.lock() else {
+                return Vec::new();
+            };
+            if cache.kb_version != kb_version || cache.hits.len() >= RETRIEVAL_CACHE_CAPACITY {
+                cache.hits.clear();
+                cache.kb_version = kb_version;
             }
-        }
+            cache
+                .hits
+                .entry((agent, query.clone()))
+                .or_default()
+                .clone()
+        };
         let kb = self.kb.clone();
         let types = spec.policy_types.clone();
         let k = self.chunks_per_type;
-        let query = key.1.clone();
-        // faiss and the model are CPU work: off the async threads.
-        let (found, complete) = tokio::task::spawn_blocking(move || {
-            let mut out: Vec<RetrievedChunk> = Vec::new();
-            let mut complete = true;
-            for t in types {
-                let f = Filters {
-                    policy_type: Some(t),
-                    jurisdiction: None,
-                };
-                match kb.search(&query, k, &f, Mode::Hybrid) {
-                    Ok(hits) => out.extend(hits.into_iter().map(|h| RetrievedChunk {
-                        chunk_id: h.chunk_id,
-                        text: h.text,
-                    })),
-                    Err(e) => {
-                        complete = false;
-                        tracing::warn!(error = %format!("{e:#}"), "policy retrieval failed")
+        let found = cell
+            .get_or_try_init(|| async move {
+                // faiss and the model are CPU work: off the async threads.
+                let (out, complete) = tokio::task::spawn_blocking(move || {
+                    let mut out: Vec<RetrievedChunk> = Vec::new();
+                    let mut complete = true;
+                    for t in types {
+                        let f = Filters {
+                            policy_type: Some(t),
+                            jurisdiction: None,
+                        };
+                        match kb.search(&query, k, &f, Mode::Hybrid) {
+                            Ok(hits) => out.extend(hits.into_iter().map(|h| RetrievedChunk {
+                                chunk_id: h.chunk_id,
+                                text: h.text,
+                            })),
+                            Err(e) => {
+                                complete = false;
+                                tracing::warn!(error = %format!("{e:#}"), "policy retrieval failed")
+                            }
+                        }
                     }
+                    (out, complete)
+                })
+                .await
+                .unwrap_or_default();
+                // An incomplete answer is used once but not kept: the next case searches again.
+                if complete {
+                    Ok(out)
+                } else {
+                    Err(out)
                 }
-            }
-            (out, complete)
-        })
-        .await
-        .unwrap_or_default();
-        if complete {
-            if let Ok(mut cache) = self.cache.lock() {
-                if cache.kb_version != kb_version || cache.hits.len() >= RETRIEVAL_CACHE_CAPACITY {
-                    cache.hits.clear();
-                    cache.kb_version = kb_version;
-                }
-                cache.hits.insert(key, found.clone());
-            }
+            })
+            .await;
+        match found {
+            Ok(hits) => hits.clone(),
+            Err(partial) => partial,
         }
-        found
     }
 
     async fn ask(&self, req: &AgentRequest) -> std::result::Result<BackendReply, String> {

@@ -18,9 +18,14 @@ use std::str::FromStr;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use std::collections::HashSet;
+
+use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::model::records::Deviation;
+
+/// Rows per multi-row INSERT (7 bound values each, far below SQLite's 32766).
+const ROWS_PER_STATEMENT: usize = 500;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -127,7 +132,10 @@ impl CaseStore {
             // Durable at commit: an accepted deviation survives a crash.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
+            .busy_timeout(std::time::Duration::from_secs(10))
+            // A batch of hundreds of cases is one statement stream in one transaction; that is
+            // not slow, so only really slow statements are reported.
+            .log_slow_statements(log::LevelFilter::Warn, std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
@@ -146,37 +154,56 @@ impl CaseStore {
         Ok(self.accept_many(std::slice::from_ref(d)).await?[0])
     }
 
-    /// [`accept`](Self::accept) for many deviations in one transaction (one disk sync).
+    /// [`accept`](Self::accept) for many deviations in one transaction (one disk sync, a few
+    /// statements for the whole batch).
     pub async fn accept_many(&self, devs: &[Deviation]) -> Result<Vec<bool>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(devs.len());
-        for d in devs {
-            let inserted = sqlx::query(
-                "INSERT INTO cases (id, deviation, status, hops, created_at, updated_at) \
-                 VALUES (?1, ?2, 'queued', 0, ?3, ?3) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&d.id)
-            .bind(serde_json::to_string(d)?)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if inserted {
-                sqlx::query(
-                    "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES (?1, 1, 'deviation', ?2, ?3)",
-                )
-                .bind(&d.id)
-                .bind(&d.summary)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+        let mut new_ids: HashSet<String> = HashSet::new();
+        for chunk in devs.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<(String, String)> = chunk
+                .iter()
+                .map(|d| Ok((d.id.clone(), serde_json::to_string(d)?)))
+                .collect::<Result<_>>()?;
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO cases (id, deviation, status, hops, created_at, updated_at) ",
+            );
+            insert.push_values(rows, |mut b, (id, json)| {
+                b.push_bind(id)
+                    .push_bind(json)
+                    .push_bind("queued")
+                    .push_bind(0i64)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+            let inserted = insert.build().fetch_all(&mut *tx).await?;
+            let inserted: HashSet<String> = inserted.iter().map(|r| r.get(0)).collect();
+            let first_messages: Vec<(String, String)> = chunk
+                .iter()
+                .filter(|d| inserted.contains(&d.id) && !new_ids.contains(&d.id))
+                .map(|d| (d.id.clone(), d.summary.clone()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            if !first_messages.is_empty() {
+                let mut messages = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO case_messages (case_id, seq, role, body, at) ",
+                );
+                messages.push_values(first_messages, |mut b, (id, summary)| {
+                    b.push_bind(id)
+                        .push_bind(1i64)
+                        .push_bind("deviation")
+                        .push_bind(summary)
+                        .push_bind(now);
+                });
+                messages.build().execute(&mut *tx).await?;
             }
-            out.push(inserted);
+            new_ids.extend(inserted);
         }
         tx.commit().await?;
-        Ok(out)
+        // The first occurrence of a new id is the accepted one; repeats in the batch are not.
+        Ok(devs.iter().map(|d| new_ids.remove(&d.id)).collect())
     }
 
     /// The deviation a case was opened for, and the case's status.
@@ -267,6 +294,8 @@ impl CaseStore {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(runs.len());
+        // (action id, case id, run id, tool, params, status) of every recorded run.
+        let mut actions: Vec<(String, String, String, String, String, String)> = Vec::new();
         for f in runs {
             let run = &f.run;
             let claimed = sqlx::query(
@@ -286,17 +315,13 @@ impl CaseStore {
             if !claimed {
                 continue;
             }
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agent_runs WHERE case_id = ?1")
-                .bind(&run.case_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let run_id = format!("{}#{}", run.case_id, n + 1);
-            sqlx::query(
+            // Run ids number a case's runs: <case id>#1, #2, ...
+            let run_id: String = sqlx::query_scalar(
                 "INSERT INTO agent_runs (id, case_id, agent, backend, prompt_hash, retrieved, output, \
                  verdicts, outcome, error, attempts, latency_ms, prompt_tokens, completion_tokens, at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 VALUES (?1 || '#' || (SELECT COUNT(*) + 1 FROM agent_runs WHERE case_id = ?1), \
+                 ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) RETURNING id",
             )
-            .bind(&run_id)
             .bind(&run.case_id)
             .bind(&run.agent)
             .bind(&run.backend)
@@ -311,45 +336,50 @@ impl CaseStore {
             .bind(run.prompt_tokens as i64)
             .bind(run.completion_tokens as i64)
             .bind(now)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
             for (i, a) in f.actions.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO actions (id, case_id, run_id, tool, params, status, at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .bind(format!("{run_id}/{}", i + 1))
-                .bind(&run.case_id)
-                .bind(&run_id)
-                .bind(&a.tool)
-                .bind(a.params.to_string())
-                .bind(&a.status)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                actions.push((
+                    format!("{run_id}/{}", i + 1),
+                    run.case_id.clone(),
+                    run_id.clone(),
+                    a.tool.clone(),
+                    a.params.to_string(),
+                    a.status.clone(),
+                ));
             }
-            if let Some(summary) = &f.run.output.as_ref().and_then(|o| {
+            let said = run.output.as_ref().and_then(|o| {
                 o.get("customer_message")
                     .or_else(|| o.get("rationale"))
                     .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            }) {
-                let seq: i64 = sqlx::query_scalar(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM case_messages WHERE case_id = ?1",
-                )
-                .bind(&run.case_id)
-                .fetch_one(&mut *tx)
-                .await?;
+            });
+            if let Some(body) = said {
                 sqlx::query(
-                    "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES (?1, ?2, 'agent', ?3, ?4)",
+                    "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES \
+                     (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM case_messages WHERE case_id = ?1), \
+                     'agent', ?2, ?3)",
                 )
                 .bind(&run.case_id)
-                .bind(seq)
-                .bind(summary)
+                .bind(body)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
             }
+        }
+        for chunk in actions.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO actions (id, case_id, run_id, tool, params, status, at) ",
+            );
+            insert.push_values(chunk.iter().cloned(), |mut b, a| {
+                b.push_bind(a.0)
+                    .push_bind(a.1)
+                    .push_bind(a.2)
+                    .push_bind(a.3)
+                    .push_bind(a.4)
+                    .push_bind(a.5)
+                    .push_bind(now);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(out)
@@ -366,6 +396,14 @@ impl CaseStore {
     pub async fn actions(&self, case_id: &str) -> Result<Vec<(String, String)>> {
         let rows = sqlx::query("SELECT tool, status FROM actions WHERE case_id = ?1 ORDER BY id")
             .bind(case_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Number of cases per status.
+    pub async fn status_counts(&self) -> Result<std::collections::BTreeMap<String, i64>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM cases GROUP BY status")
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

@@ -77,6 +77,8 @@ pub struct JobOptions {
     pub max_event_bytes: usize,
     /// Also produce the outputs to Kafka topics.
     pub kafka_sink: Option<crate::sinks::kafka::KafkaSinkConfig>,
+    /// Hand every deviation to the agent stage.
+    pub deviation_tap: Option<crossbeam_channel::Sender<Deviation>>,
 }
 
 impl Default for JobOptions {
@@ -92,6 +94,7 @@ impl Default for JobOptions {
             batch_per_partition: 2048,
             max_event_bytes: 1 << 20,
             kafka_sink: None,
+            deviation_tap: None,
         }
     }
 }
@@ -167,6 +170,7 @@ pub fn run_job(
         keep_in_memory: opts.keep_in_memory,
         echo: opts.echo,
         kafka: opts.kafka_sink.clone(),
+        deviation_tap: opts.deviation_tap.clone(),
     };
     let collector = std::thread::Builder::new()
         .name("sink-collector".into())

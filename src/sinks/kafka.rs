@@ -131,6 +131,7 @@ pub struct KafkaSink {
 struct TopicNames {
     kpis: Arc<str>,
     deviations: Arc<str>,
+    actions: Arc<str>,
     late_events: Arc<str>,
     dead_letters: Arc<str>,
     /// The input topic, named in dead-letter headers.
@@ -142,6 +143,7 @@ impl TopicNames {
         TopicNames {
             kpis: t.kpis.name.as_str().into(),
             deviations: t.deviations.name.as_str().into(),
+            actions: t.actions.name.as_str().into(),
             late_events: t.late_events.name.as_str().into(),
             dead_letters: t.dead_letters.name.as_str().into(),
             order_events: t.order_events.name.as_str().into(),
@@ -198,6 +200,11 @@ impl KafkaSink {
 
     pub fn deviation(&mut self, d: &Deviation) -> Result<()> {
         self.json(self.names.deviations.clone(), d.id.as_bytes(), d)
+    }
+
+    /// An agent action, keyed by its case (the deviation id).
+    pub fn action(&mut self, a: &crate::agents::orchestrator::ActionMessage) -> Result<()> {
+        self.json(self.names.actions.clone(), a.case_id.as_bytes(), a)
     }
 
     pub fn late(&mut self, l: &LateEvent) -> Result<()> {

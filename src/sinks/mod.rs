@@ -128,9 +128,12 @@ pub struct CollectorOptions {
     pub echo: bool,
     /// Also produce KPIs, deviations, dead letters and late events to Kafka.
     pub kafka: Option<kafka::KafkaSinkConfig>,
+    /// Every deviation is also handed here (the agent stage); unbounded, so never blocks.
+    pub deviation_tap: Option<crossbeam_channel::Sender<Deviation>>,
 }
 
-/// Receives until every sender is dropped.
+/// Receives until every sender is dropped; then drops the deviation tap, which tells the agent
+/// stage that no more deviations come.
 pub fn collect(
     rx: crossbeam_channel::Receiver<SinkMessage>,
     opts: CollectorOptions,
@@ -185,6 +188,9 @@ pub fn collect(
                     }
                     if let Some(p) = producer.as_mut() {
                         p.deviation(&d)?;
+                    }
+                    if let Some(tap) = &opts.deviation_tap {
+                        let _ = tap.send(d.clone());
                     }
                     if opts.echo {
                         println!("DEVIATION {:?} {} {}", d.severity, d.id, d.summary);
