@@ -259,3 +259,84 @@ async fn a_hanging_model_ends_in_escalation_with_the_reason() {
     // Three attempts per case reached the stub.
     assert_eq!(stub.requests().len(), 18);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_continues_the_case_with_its_history() {
+    let f = fixture();
+    let stub = StubServer::start("127.0.0.1:0").unwrap();
+    stub.set_chat_content(
+        r#"{"actions":[{"tool":"draft_customer_message","params":{"template":"apology"}}],
+            "customer_message":"We are sorry for the wait; an update follows today.",
+            "rationale":"Apologise and update the customer.",
+            "citations":["communication/apology"],"confidence":0.7}"#,
+    );
+    let settings = OpenAiSettings {
+        base_url: stub.base_url(),
+        api_key_env: "FULFILLMENT_TEST_NO_KEY".into(),
+        timeout: ConfigDuration(5_000),
+        max_retries: 0,
+    };
+    let backend = Backend::OpenAi(Box::new(
+        OpenAiBackend::new(&settings, "stub-chat", StructuredOutput::JsonSchema, 1).unwrap(),
+    ));
+    let store = Arc::new(CaseStore::open(&f.db).await.unwrap());
+    let (tx, _rx) = crossbeam_channel::unbounded();
+    let stage = start(
+        StageConfig::default(),
+        f.table.clone(),
+        f.kb.clone(),
+        store.clone(),
+        backend,
+        tx,
+    )
+    .await
+    .unwrap();
+    assert!(stage
+        .offer(dev("tix", T::TicketRaised, Severity::Info, &[]))
+        .is_none());
+    // Wait until the first run is recorded.
+    for _ in 0..100 {
+        if store.counts().await.unwrap().1 == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = stage
+        .follow_up("tix", "customer", "I still have not heard back")
+        .await
+        .unwrap();
+    assert!(
+        ["resolved", "escalated"].contains(&status.as_str()),
+        "{status}"
+    );
+    assert!(stage.follow_up("nope", "customer", "hello").await.is_err());
+    assert!(stage.follow_up("tix", "robot", "hello").await.is_err());
+    stage.finish().await;
+
+    // Two runs on the case; the second prompt carried the conversation so far.
+    let chats: Vec<_> = stub
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/chat/completions")
+        .collect();
+    assert_eq!(chats.len(), 2);
+    let second = chats[1].body.to_string();
+    assert!(
+        second.contains("customer: I still have not heard back"),
+        "{second}"
+    );
+    assert!(
+        second.contains("agent: We are sorry for the wait"),
+        "{second}"
+    );
+    assert!(!chats[0].body.to_string().contains("Earlier turn"));
+    let roles: Vec<String> = store
+        .messages("tix")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.role)
+        .collect();
+    assert_eq!(roles, ["deviation", "agent", "customer", "agent"]);
+    assert_eq!(store.counts().await.unwrap().1, 2);
+}

@@ -471,6 +471,13 @@ fn produce_and_run_commands_work_against_the_broker() {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
             .env("FULFILLMENT_KAFKA_TOPICS_FILE", &broker.topics_file)
+            .env(
+                "DATABASE_URL",
+                format!(
+                    "sqlite://{}",
+                    broker.data_dir().join("agents.sqlite").display()
+                ),
+            )
             .output()
             .expect("run the binary");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -507,6 +514,25 @@ fn produce_and_run_commands_work_against_the_broker() {
         "file and topic hold the same KPI updates"
     );
     assert!(ran.contains("0 re-sent, 0 undeliverable"), "{ran}");
+    // The agent stage's actions: the file and the actions topic hold the same, keyed by case.
+    let actions = std::fs::read_to_string(out.join("actions.jsonl")).unwrap();
+    let actions: Vec<serde_json::Value> = actions
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let deviations = std::fs::read_to_string(out.join("deviations.jsonl")).unwrap();
+    assert!(!deviations.is_empty() && !actions.is_empty());
+    let on_topic = read_topic(&kafka, &broker.topics().actions.name);
+    assert_eq!(
+        on_topic.len(),
+        actions.len(),
+        "file and topic hold the same actions"
+    );
+    for m in &on_topic {
+        let a: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        assert_eq!(m.key(), a["case_id"].as_str().map(str::as_bytes));
+        assert!(deviations.contains(a["case_id"].as_str().unwrap()));
+    }
     let listed = run(&["kafka", "topics"]);
     assert!(
         listed.contains("fulfillment.order-events     4 partitions, 4000 messages"),

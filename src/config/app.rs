@@ -438,6 +438,48 @@ mod tests {
     }
 
     #[test]
+    fn agent_settings_come_from_file_and_environment_and_are_checked() {
+        let vars = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let cfg = AppConfig::load(
+            None,
+            vars(&[
+                ("DATABASE_URL", "sqlite:///var/lib/fulfillment/cases.db"),
+                ("FULFILLMENT_LLM_BACKEND", "offline"),
+                ("FULFILLMENT_AGENTS", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.agents.database,
+            "sqlite:///var/lib/fulfillment/cases.db"
+        );
+        assert_eq!(cfg.agents.backend, "offline");
+        assert!(!cfg.agents.enabled);
+        assert!(!cfg.agents.uses_model(&cfg.openai));
+        let e = AppConfig::parse("agents: { backend: claude }\n", "config/app.yaml").unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.path.as_str(), e.reason.as_str()),
+            (
+                "config/app.yaml",
+                "agents.backend",
+                "use `auto`, `offline` or `openai`"
+            )
+        );
+        let e =
+            AppConfig::load(None, vars(&[("DATABASE_URL", "postgres://db/cases")])).unwrap_err();
+        assert_eq!(e.path, "agents.database");
+        let e = AppConfig::parse("agents: { concurrency: 0 }\n", "x.yaml").unwrap_err();
+        assert_eq!(e.path, "agents.concurrency");
+        let e = AppConfig::load(None, vars(&[("FULFILLMENT_AGENTS", "maybe")])).unwrap_err();
+        assert_eq!(e.file, "environment variable FULFILLMENT_AGENTS");
+    }
+
+    #[test]
     fn file_errors_name_file_and_key() {
         let e = AppConfig::parse("workers: 2\nwrokers: 3\n", "config/app.yaml").unwrap_err();
         assert_eq!(e.file, "config/app.yaml");
