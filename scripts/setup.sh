@@ -6,7 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO_ROOT"
 
 # Debian packages (only those missing are installed).
-APT_PACKAGES=(build-essential pkg-config ca-certificates nodejs npm cmake g++ libopenblas-dev liblapack-dev python3-pip)
+APT_PACKAGES=(build-essential pkg-config ca-certificates nodejs npm cmake g++ libopenblas-dev liblapack-dev python3-pip postgresql)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

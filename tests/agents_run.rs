@@ -2,7 +2,7 @@
 //! Superstore replay: every deviation becomes exactly one case in the SQLite store, the actions
 //! file holds exactly the recorded actions, refunds above the $500 limit wait for approval and
 //! none below it does, and running the same job again (every deviation redelivered) acts on
-//! nothing twice.
+//! nothing twice. Once on a SQLite file, once on a PostgreSQL server (`DATABASE_URL`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -10,12 +10,14 @@ use std::process::Command;
 
 use fulfillment_ai::agents::store::CaseStore;
 
-fn run_job(out: &Path, database: &Path) -> String {
+mod postgres;
+
+fn run_job(out: &Path, database: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_fulfillment-ai"))
         .args(["run", "--source", "superstore", "--out"])
         .arg(out)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("DATABASE_URL", format!("sqlite://{}", database.display()))
+        .env("DATABASE_URL", database)
         .env("FULFILLMENT_LLM_BACKEND", "auto")
         .env("OPENAI_API_KEY", "")
         .output()
@@ -56,9 +58,20 @@ fn number_before(text: &str, label: &str) -> i64 {
 #[test]
 fn run_resolves_every_deviation_once_and_a_rerun_acts_on_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let database = dir.path().join("agents.sqlite");
-    let out = dir.path().join("out");
-    let first = run_job(&out, &database);
+    let database = format!("sqlite://{}", dir.path().join("agents.sqlite").display());
+    resolves_every_deviation_once(&dir.path().join("out"), &database);
+}
+
+#[test]
+fn on_postgres_run_resolves_every_deviation_once_and_a_rerun_acts_on_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = postgres::PgServer::start();
+    resolves_every_deviation_once(&dir.path().join("out"), &server.url);
+}
+
+fn resolves_every_deviation_once(out: &Path, database: &str) {
+    let out = out.to_path_buf();
+    let first = run_job(&out, database);
     assert!(
         first.contains("agents     offline-rules-v1 ->"),
         "no key: offline backend, said at start: {first}"
@@ -76,7 +89,7 @@ fn run_resolves_every_deviation_once_and_a_rerun_acts_on_nothing_twice() {
     );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = rt.block_on(CaseStore::open(&database)).unwrap();
+    let store = rt.block_on(CaseStore::connect(database)).unwrap();
     let (cases, runs, recorded) = rt.block_on(store.counts()).unwrap();
     assert_eq!(cases as usize, deviations.len(), "one case per deviation");
     assert_eq!(runs, cases, "one run per case");
@@ -137,14 +150,14 @@ fn run_resolves_every_deviation_once_and_a_rerun_acts_on_nothing_twice() {
     drop(store);
 
     // The same job again: every deviation is redelivered to the same store.
-    let second = run_job(&out, &database);
+    let second = run_job(&out, database);
     assert_eq!(
         number_before(&second, "deviations handed over") as usize,
         deviations.len()
     );
     assert_eq!(number_before(&second, "actions published"), 0, "{second}");
     assert!(lines(&out.join("actions.jsonl")).is_empty());
-    let store = rt.block_on(CaseStore::open(&database)).unwrap();
+    let store = rt.block_on(CaseStore::connect(database)).unwrap();
     assert_eq!(
         rt.block_on(store.counts()).unwrap(),
         (cases, runs, recorded),

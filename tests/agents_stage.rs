@@ -2,7 +2,7 @@
 //! base: every offered deviation becomes exactly one case with one run, actions are published
 //! once, redelivery after a restart changes nothing, cases a crash left queued are finished at
 //! the next start, a full queue hands deviations back instead of blocking, and a model that
-//! hangs ends in escalation with the reason recorded.
+//! hangs ends in escalation with the reason recorded. The main case also runs on PostgreSQL.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +19,8 @@ use fulfillment_ai::llm::OpenAiSettings;
 use fulfillment_ai::model::records::{Deviation, DeviationType as T};
 use fulfillment_ai::rag::embed::HashedNgrams;
 use fulfillment_ai::rag::{KbPaths, KnowledgeBase};
+
+mod postgres;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -95,7 +97,8 @@ struct Fixture {
     _dir: tempfile::TempDir,
     table: Arc<RoutingTable>,
     kb: Arc<KnowledgeBase>,
-    db: std::path::PathBuf,
+    /// The case store: a SQLite file, or a PostgreSQL URL.
+    db: String,
 }
 
 fn fixture() -> Fixture {
@@ -111,7 +114,7 @@ fn fixture() -> Fixture {
     Fixture {
         table: Arc::new(RoutingTable::load(&Path::new(ROOT).join("config/agents.yaml")).unwrap()),
         kb: Arc::new(kb),
-        db: dir.path().join("cases.db"),
+        db: dir.path().join("cases.db").display().to_string(),
         _dir: dir,
     }
 }
@@ -122,7 +125,7 @@ async fn run_stage(
     cfg: StageConfig,
     input: &[Deviation],
 ) -> Vec<ActionMessage> {
-    let store = Arc::new(CaseStore::open(&f.db).await.unwrap());
+    let store = Arc::new(CaseStore::connect(&f.db).await.unwrap());
     let (tx, rx) = crossbeam_channel::unbounded();
     let stage = start(cfg, f.table.clone(), f.kb.clone(), store, backend, tx)
         .await
@@ -146,14 +149,25 @@ async fn run_stage(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_deviation_is_resolved_once_and_redelivery_changes_nothing() {
-    let f = fixture();
+    resolved_once_across_restart_and_redelivery(fixture()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_every_deviation_is_resolved_once_and_redelivery_changes_nothing() {
+    let server = postgres::PgServer::start();
+    let mut f = fixture();
+    f.db = server.url.clone();
+    resolved_once_across_restart_and_redelivery(f).await;
+}
+
+async fn resolved_once_across_restart_and_redelivery(f: Fixture) {
     let input = deviations();
     let cfg = StageConfig {
         queue_capacity: 2,
         ..StageConfig::default()
     };
     let published = run_stage(&f, Backend::Offline, cfg, &input).await;
-    let store = CaseStore::open(&f.db).await.unwrap();
+    let store = CaseStore::connect(&f.db).await.unwrap();
     let (cases, runs, actions) = store.counts().await.unwrap();
     assert_eq!((cases, runs), (43, 43));
     assert_eq!(actions as usize, published.len());
@@ -206,7 +220,7 @@ async fn every_deviation_is_resolved_once_and_redelivery_changes_nothing() {
     // Restart and redeliver everything: no new runs, nothing published.
     let again = run_stage(&f, Backend::Offline, StageConfig::default(), &input).await;
     assert!(again.is_empty(), "{again:?}");
-    let store = CaseStore::open(&f.db).await.unwrap();
+    let store = CaseStore::connect(&f.db).await.unwrap();
     assert_eq!(store.counts().await.unwrap(), (43, 43, actions));
 
     // A case accepted just before a crash is finished at the next start.
@@ -215,7 +229,7 @@ async fn every_deviation_is_resolved_once_and_redelivery_changes_nothing() {
     drop(store);
     let resumed = run_stage(&f, Backend::Offline, StageConfig::default(), &[]).await;
     assert!(resumed.iter().all(|a| a.case_id == "late") && !resumed.is_empty());
-    let store = CaseStore::open(&f.db).await.unwrap();
+    let store = CaseStore::connect(&f.db).await.unwrap();
     assert_eq!(store.counts().await.unwrap().1, 44);
 }
 
@@ -235,7 +249,7 @@ async fn a_hanging_model_ends_in_escalation_with_the_reason() {
     ));
     let input: Vec<Deviation> = deviations().into_iter().take(6).collect();
     let published = run_stage(&f, backend, StageConfig::default(), &input).await;
-    let store = CaseStore::open(&f.db).await.unwrap();
+    let store = CaseStore::connect(&f.db).await.unwrap();
     assert_eq!(store.counts().await.unwrap().0, 6);
     for d in &input {
         assert_eq!(
@@ -279,7 +293,7 @@ async fn a_follow_up_continues_the_case_with_its_history() {
     let backend = Backend::OpenAi(Box::new(
         OpenAiBackend::new(&settings, "stub-chat", StructuredOutput::JsonSchema, 1).unwrap(),
     ));
-    let store = Arc::new(CaseStore::open(&f.db).await.unwrap());
+    let store = Arc::new(CaseStore::connect(&f.db).await.unwrap());
     let (tx, _rx) = crossbeam_channel::unbounded();
     let stage = start(
         StageConfig::default(),

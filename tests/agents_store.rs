@@ -1,6 +1,9 @@
-//! The case store on a real SQLite file: a deviation is accepted once (also when redelivered
-//! after a restart), queued cases survive a restart, a case is finished by exactly one run even
-//! when two race, and follow-up messages continue the conversation.
+//! The case store on a real SQLite file and on a real PostgreSQL server (the same checks on
+//! both): a deviation is accepted once (also when redelivered after a restart), queued cases
+//! survive a restart, a case is finished by exactly one run even when two race, and follow-up
+//! messages continue the conversation.
+
+mod postgres;
 
 use std::sync::Arc;
 
@@ -49,18 +52,48 @@ fn retry_action() -> Vec<ActionRecord> {
     }]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deviation_is_acted_on_once_across_redelivery_and_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cases.db");
-    let store = CaseStore::open(&path).await.unwrap();
+/// Runs `check` on a fresh SQLite file and on a fresh PostgreSQL server.
+macro_rules! on_both_databases {
+    ($sqlite:ident, $postgres:ident, $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            let dir = tempfile::tempdir().unwrap();
+            $check(&dir.path().join("cases.db").display().to_string()).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            let server = postgres::PgServer::start();
+            $check(&server.url).await;
+        }
+    };
+}
+
+on_both_databases!(
+    acted_on_once_across_redelivery_and_restart_sqlite,
+    acted_on_once_across_redelivery_and_restart_postgres,
+    a_deviation_is_acted_on_once_across_redelivery_and_restart
+);
+on_both_databases!(
+    racing_runs_finish_a_case_exactly_once_sqlite,
+    racing_runs_finish_a_case_exactly_once_postgres,
+    racing_runs_finish_a_case_exactly_once
+);
+on_both_databases!(
+    follow_up_messages_continue_the_case_sqlite,
+    follow_up_messages_continue_the_case_postgres,
+    follow_up_messages_continue_the_case
+);
+
+async fn a_deviation_is_acted_on_once_across_redelivery_and_restart(db: &str) {
+    let store = CaseStore::connect(db).await.unwrap();
     assert!(store.accept(&deviation("d1")).await.unwrap());
     assert!(store.accept(&deviation("d2")).await.unwrap());
     assert!(!store.accept(&deviation("d1")).await.unwrap(), "redelivery");
     drop(store);
 
     // Restart: both accepted deviations are still queued, in order.
-    let store = CaseStore::open(&path).await.unwrap();
+    let store = CaseStore::connect(db).await.unwrap();
     let ids: Vec<String> = store
         .queued()
         .await
@@ -85,7 +118,7 @@ async fn a_deviation_is_acted_on_once_across_redelivery_and_restart() {
     assert!(!store.accept(&deviation("d1")).await.unwrap());
     drop(store);
 
-    let store = CaseStore::open(&path).await.unwrap();
+    let store = CaseStore::connect(db).await.unwrap();
     let ids: Vec<String> = store
         .queued()
         .await
@@ -101,10 +134,8 @@ async fn a_deviation_is_acted_on_once_across_redelivery_and_restart() {
     assert_eq!(store.counts().await.unwrap(), (2, 1, 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_runs_finish_a_case_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(CaseStore::open(&dir.path().join("cases.db")).await.unwrap());
+async fn racing_runs_finish_a_case_exactly_once(db: &str) {
+    let store = Arc::new(CaseStore::connect(db).await.unwrap());
     for i in 0..20 {
         store.accept(&deviation(&format!("r{i}"))).await.unwrap();
     }
@@ -137,10 +168,8 @@ async fn racing_runs_finish_a_case_exactly_once() {
     assert_eq!(store.counts().await.unwrap(), (20, 20, 20));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_up_messages_continue_the_case() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = CaseStore::open(&dir.path().join("cases.db")).await.unwrap();
+async fn follow_up_messages_continue_the_case(db: &str) {
+    let store = CaseStore::connect(db).await.unwrap();
     store.accept(&deviation("c1")).await.unwrap();
     store
         .finish_run(

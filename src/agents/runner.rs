@@ -105,7 +105,7 @@ impl AgentRunner {
             .context("starting the action writer")?;
         let (tx, rx) = crossbeam_channel::unbounded::<Deviation>();
         let label = backend_label.clone();
-        let database = cfg.database.clone();
+        let database = super::store::redacted(&cfg.database);
         let db = database.clone();
         let feeder = std::thread::Builder::new()
             .name("agent-feeder".into())

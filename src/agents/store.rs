@@ -1,5 +1,6 @@
-//! The case store: SQLite through sqlx, with the migrations in `migrations/` embedded in the
-//! binary. A case per deviation (keyed by its id) with its conversation, every agent run
+//! The case store: SQLite (default) or PostgreSQL (a `postgres://` `DATABASE_URL`) through
+//! sqlx's Any driver, with the migrations in `migrations/sqlite` and `migrations/postgres`
+//! embedded in the binary. Every statement is written once, in SQL both databases accept. A case per deviation (keyed by its id) with its conversation, every agent run
 //! (agent, backend, prompt hash, retrieved chunk ids, output, guardrail verdicts, outcome,
 //! latency, tokens) and every action.
 //!
@@ -12,22 +13,54 @@
 //! transaction, only if the case is still queued; a second finish of the same case is refused,
 //! so no action is ever recorded twice.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::str::FromStr;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use std::collections::HashSet;
-
-use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 
 use crate::model::records::Deviation;
 
-/// Rows per multi-row INSERT (7 bound values each, far below SQLite's 32766).
+/// Rows per multi-row INSERT (7 bound values each: far below SQLite's 32,766 and PostgreSQL's
+/// 65,535 parameters).
 const ROWS_PER_STATEMENT: usize = 500;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// `<head> VALUES ($1, .., $columns), (...)` for `rows` rows, numbered as both databases read.
+fn multi_row_insert(head: &str, columns: usize, rows: usize) -> String {
+    let mut sql = format!("{head} VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", r * columns + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// The URL without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{user}:***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
 
 /// Where a case stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -99,7 +132,7 @@ pub struct CaseMessage {
 }
 
 pub struct CaseStore {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 fn now_ms() -> i64 {
@@ -110,42 +143,69 @@ fn now_ms() -> i64 {
 }
 
 impl CaseStore {
-    /// Opens the configured database: a file path or a `sqlite://` URL.
+    /// Opens the configured database and applies the migrations: a SQLite file path or
+    /// `sqlite://` URL (created if missing), or a `postgres://` / `postgresql://` URL.
     pub async fn connect(database: &str) -> Result<CaseStore> {
-        match database.strip_prefix("sqlite://") {
-            Some(path) => Self::open(Path::new(path)).await,
-            None if database.contains("://") => anyhow::bail!(
-                "case store `{database}`: only SQLite (a file path or sqlite:// URL) is supported"
-            ),
-            None => Self::open(Path::new(database)).await,
+        sqlx::any::install_default_drivers();
+        let slow = std::time::Duration::from_secs(10);
+        if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+            let opts = AnyConnectOptions::from_str(database)
+                .with_context(|| format!("case store URL {}", redacted(database)))?
+                .log_slow_statements(log::LevelFilter::Warn, slow);
+            let pool = AnyPoolOptions::new()
+                .max_connections(8)
+                .connect_with(opts)
+                .await
+                .with_context(|| format!("connecting to the case store {}", redacted(database)))?;
+            POSTGRES_MIGRATOR
+                .run(&pool)
+                .await
+                .context("migrating the case store")?;
+            return Ok(CaseStore { pool });
         }
-    }
-
-    /// Opens (creating) the SQLite database at `path` and applies the migrations.
-    pub async fn open(path: &Path) -> Result<CaseStore> {
-        if let Some(dir) = path.parent() {
+        let path = database.strip_prefix("sqlite://").unwrap_or(database);
+        if path.contains("://") {
+            anyhow::bail!(
+                "case store `{}`: use a SQLite file path, a sqlite:// URL or a postgres:// URL",
+                redacted(database)
+            );
+        }
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // Durable at commit: an accepted deviation survives a crash.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10))
+        let opts = AnyConnectOptions::from_str(&format!("sqlite://{path}?mode=rwc"))?
             // A batch of hundreds of cases is one statement stream in one transaction; that is
             // not slow, so only really slow statements are reported.
-            .log_slow_statements(log::LevelFilter::Warn, std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+            .log_slow_statements(log::LevelFilter::Warn, slow);
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL, and durable at commit: an accepted deviation survives a crash.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect_with(opts)
             .await
-            .with_context(|| format!("opening the case store {}", path.display()))?;
-        MIGRATOR
+            .with_context(|| format!("opening the case store {path}"))?;
+        SQLITE_MIGRATOR
             .run(&pool)
             .await
             .context("migrating the case store")?;
         Ok(CaseStore { pool })
+    }
+
+    /// Opens (creating) the SQLite database at `path` and applies the migrations.
+    pub async fn open(path: &Path) -> Result<CaseStore> {
+        Self::connect(&path.display().to_string()).await
     }
 
     /// Records a deviation as a queued case. Returns false when the case already exists
@@ -165,19 +225,22 @@ impl CaseStore {
                 .iter()
                 .map(|d| Ok((d.id.clone(), serde_json::to_string(d)?)))
                 .collect::<Result<_>>()?;
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO cases (id, deviation, status, hops, created_at, updated_at) ",
-            );
-            insert.push_values(rows, |mut b, (id, json)| {
-                b.push_bind(id)
-                    .push_bind(json)
-                    .push_bind("queued")
-                    .push_bind(0i64)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-            let inserted = insert.build().fetch_all(&mut *tx).await?;
+            let sql = multi_row_insert(
+                "INSERT INTO cases (id, deviation, status, hops, created_at, updated_at)",
+                6,
+                rows.len(),
+            ) + " ON CONFLICT (id) DO NOTHING RETURNING id";
+            let mut insert = sqlx::query(&sql);
+            for (id, json) in rows {
+                insert = insert
+                    .bind(id)
+                    .bind(json)
+                    .bind("queued")
+                    .bind(0i64)
+                    .bind(now)
+                    .bind(now);
+            }
+            let inserted = insert.fetch_all(&mut *tx).await?;
             let inserted: HashSet<String> = inserted.iter().map(|r| r.get(0)).collect();
             let first_messages: Vec<(String, String)> = chunk
                 .iter()
@@ -187,17 +250,21 @@ impl CaseStore {
                 .into_iter()
                 .collect();
             if !first_messages.is_empty() {
-                let mut messages = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO case_messages (case_id, seq, role, body, at) ",
+                let sql = multi_row_insert(
+                    "INSERT INTO case_messages (case_id, seq, role, body, at)",
+                    5,
+                    first_messages.len(),
                 );
-                messages.push_values(first_messages, |mut b, (id, summary)| {
-                    b.push_bind(id)
-                        .push_bind(1i64)
-                        .push_bind("deviation")
-                        .push_bind(summary)
-                        .push_bind(now);
-                });
-                messages.build().execute(&mut *tx).await?;
+                let mut messages = sqlx::query(&sql);
+                for (id, summary) in first_messages {
+                    messages = messages
+                        .bind(id)
+                        .bind(1i64)
+                        .bind("deviation")
+                        .bind(summary)
+                        .bind(now);
+                }
+                messages.execute(&mut *tx).await?;
             }
             new_ids.extend(inserted);
         }
@@ -208,12 +275,17 @@ impl CaseStore {
 
     /// The deviation a case was opened for, and the case's status.
     pub async fn case(&self, case_id: &str) -> Result<Option<(Deviation, String)>> {
-        let row = sqlx::query("SELECT deviation, status FROM cases WHERE id = ?1")
+        let row = sqlx::query("SELECT deviation, status FROM cases WHERE id = $1")
             .bind(case_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok((serde_json::from_str(r.get::<&str, _>(0))?, r.get(1))))
-            .transpose()
+        row.map(|r| {
+            Ok((
+                serde_json::from_str(r.get::<String, _>(0).as_str())?,
+                r.get(1),
+            ))
+        })
+        .transpose()
     }
 
     /// Deviations of the cases still queued, oldest first (work left by a crash).
@@ -224,7 +296,7 @@ impl CaseStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok(serde_json::from_str(r.get::<&str, _>(0))?))
+            .map(|r| Ok(serde_json::from_str(r.get::<String, _>(0).as_str())?))
             .collect()
     }
 
@@ -232,13 +304,13 @@ impl CaseStore {
     pub async fn add_message(&self, case_id: &str, role: &str, body: &str) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         let seq: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM case_messages WHERE case_id = ?1",
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM case_messages WHERE case_id = $1",
         )
         .bind(case_id)
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(case_id)
         .bind(seq)
@@ -254,7 +326,7 @@ impl CaseStore {
 
     pub async fn messages(&self, case_id: &str) -> Result<Vec<CaseMessage>> {
         let rows = sqlx::query(
-            "SELECT seq, role, body, at FROM case_messages WHERE case_id = ?1 ORDER BY seq",
+            "SELECT seq, role, body, at FROM case_messages WHERE case_id = $1 ORDER BY seq",
         )
         .bind(case_id)
         .fetch_all(&self.pool)
@@ -299,8 +371,8 @@ impl CaseStore {
         for f in runs {
             let run = &f.run;
             let claimed = sqlx::query(
-                "UPDATE cases SET status = ?2, agent = ?3, updated_at = ?4 \
-                 WHERE id = ?1 AND (status = 'queued' OR ?5)",
+                "UPDATE cases SET status = $2, agent = $3, updated_at = $4 \
+                 WHERE id = $1 AND (status = 'queued' OR $5)",
             )
             .bind(&run.case_id)
             .bind(f.status.as_str())
@@ -319,8 +391,8 @@ impl CaseStore {
             let run_id: String = sqlx::query_scalar(
                 "INSERT INTO agent_runs (id, case_id, agent, backend, prompt_hash, retrieved, output, \
                  verdicts, outcome, error, attempts, latency_ms, prompt_tokens, completion_tokens, at) \
-                 VALUES (?1 || '#' || (SELECT COUNT(*) + 1 FROM agent_runs WHERE case_id = ?1), \
-                 ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) RETURNING id",
+                 VALUES ($1 || '#' || (SELECT COUNT(*) + 1 FROM agent_runs WHERE case_id = $1), \
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
             )
             .bind(&run.case_id)
             .bind(&run.agent)
@@ -356,8 +428,8 @@ impl CaseStore {
             if let Some(body) = said {
                 sqlx::query(
                     "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES \
-                     (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM case_messages WHERE case_id = ?1), \
-                     'agent', ?2, ?3)",
+                     ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM case_messages WHERE case_id = $1), \
+                     'agent', $2, $3)",
                 )
                 .bind(&run.case_id)
                 .bind(body)
@@ -367,26 +439,30 @@ impl CaseStore {
             }
         }
         for chunk in actions.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO actions (id, case_id, run_id, tool, params, status, at) ",
+            let sql = multi_row_insert(
+                "INSERT INTO actions (id, case_id, run_id, tool, params, status, at)",
+                7,
+                chunk.len(),
             );
-            insert.push_values(chunk.iter().cloned(), |mut b, a| {
-                b.push_bind(a.0)
-                    .push_bind(a.1)
-                    .push_bind(a.2)
-                    .push_bind(a.3)
-                    .push_bind(a.4)
-                    .push_bind(a.5)
-                    .push_bind(now);
-            });
-            insert.build().execute(&mut *tx).await?;
+            let mut insert = sqlx::query(&sql);
+            for a in chunk.iter().cloned() {
+                insert = insert
+                    .bind(a.0)
+                    .bind(a.1)
+                    .bind(a.2)
+                    .bind(a.3)
+                    .bind(a.4)
+                    .bind(a.5)
+                    .bind(now);
+            }
+            insert.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(out)
     }
 
     pub async fn status(&self, case_id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT status FROM cases WHERE id = ?1")
+        Ok(sqlx::query_scalar("SELECT status FROM cases WHERE id = $1")
             .bind(case_id)
             .fetch_optional(&self.pool)
             .await?)
@@ -394,7 +470,7 @@ impl CaseStore {
 
     /// (tool, status) of every action on a case, in order.
     pub async fn actions(&self, case_id: &str) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT tool, status FROM actions WHERE case_id = ?1 ORDER BY id")
+        let rows = sqlx::query("SELECT tool, status FROM actions WHERE case_id = $1 ORDER BY id")
             .bind(case_id)
             .fetch_all(&self.pool)
             .await?;
@@ -417,5 +493,21 @@ impl CaseStore {
             one("SELECT COUNT(*) FROM agent_runs").await?,
             one("SELECT COUNT(*) FROM actions").await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted_and_sql_is_numbered_for_both_databases() {
+        assert_eq!(
+            super::redacted("postgres://app:s3cret@db:5432/cases"),
+            "postgres://app:***@db:5432/cases"
+        );
+        assert_eq!(super::redacted("data/agents.sqlite"), "data/agents.sqlite");
+        assert_eq!(
+            super::multi_row_insert("INSERT INTO t (a, b)", 2, 2),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
     }
 }

@@ -44,7 +44,7 @@ pub struct AgentsConfig {
     pub enabled: bool,
     /// Routing rules, agents, tools and money limits.
     pub routing: PathBuf,
-    /// The case store: a SQLite file, or a `sqlite://` URL (`DATABASE_URL`).
+    /// The case store: a SQLite file, a `sqlite://` URL or a `postgres://` URL (`DATABASE_URL`).
     pub database: String,
     /// `auto` (the model when its API key is set, offline otherwise), `offline` or `openai`
     /// (`FULFILLMENT_LLM_BACKEND`).
@@ -347,10 +347,14 @@ impl AppConfig {
                 "must be a file path or a sqlite:// URL",
             ));
         }
-        if a.database.contains("://") && !a.database.starts_with("sqlite://") {
+        if a.database.contains("://")
+            && !["sqlite://", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| a.database.starts_with(p))
+        {
             return Err(err(
                 "agents.database",
-                "only SQLite is supported (a file path or sqlite:// URL); postgres:// is not yet",
+                "use a SQLite file path, a sqlite:// URL or a postgres:// URL",
             ));
         }
         if a.max_attempts == 0 || a.max_attempts > 10 {
@@ -470,8 +474,10 @@ mod tests {
                 "use `auto`, `offline` or `openai`"
             )
         );
-        let e =
-            AppConfig::load(None, vars(&[("DATABASE_URL", "postgres://db/cases")])).unwrap_err();
+        let cfg =
+            AppConfig::load(None, vars(&[("DATABASE_URL", "postgres://app@db/cases")])).unwrap();
+        assert_eq!(cfg.agents.database, "postgres://app@db/cases");
+        let e = AppConfig::load(None, vars(&[("DATABASE_URL", "mysql://db/cases")])).unwrap_err();
         assert_eq!(e.path, "agents.database");
         let e = AppConfig::parse("agents: { concurrency: 0 }\n", "x.yaml").unwrap_err();
         assert_eq!(e.path, "agents.concurrency");
