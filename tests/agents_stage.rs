@@ -354,3 +354,155 @@ async fn a_follow_up_continues_the_case_with_its_history() {
     assert_eq!(roles, ["deviation", "agent", "customer", "agent"]);
     assert_eq!(store.counts().await.unwrap().1, 2);
 }
+
+/// Each agent on the real MiniLM knowledge base: the deviation reaches the intended agent,
+/// retrieval stays within that agent's policy types, the resolution cites only retrieved
+/// sections, passes the guardrails and uses the agent's own tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_agent_resolves_from_its_own_retrieved_policy() {
+    let f = fixture();
+    let model = Path::new(ROOT).join("models/all-MiniLM-L6-v2");
+    let dir = tempfile::tempdir().unwrap();
+    let kb = KnowledgeBase::open(
+        KbPaths {
+            policies_dir: Path::new(ROOT).join("policies"),
+            data_dir: dir.path().join("kb"),
+        },
+        fulfillment_ai::rag::embed::load_or_fallback(&model),
+    )
+    .unwrap();
+    assert!(
+        !kb.embedder_is_fallback(),
+        "the MiniLM model is missing: run scripts/setup.sh"
+    );
+    let policy_type: std::collections::HashMap<String, String> = kb
+        .chunks()
+        .into_iter()
+        .map(|c| (c.id, c.policy_type))
+        .collect();
+    let cases = [
+        (
+            dev(
+                "ship",
+                T::SlaDeliveryBreach,
+                Severity::Warning,
+                &[("order_value", 80.0)],
+            ),
+            "shipment",
+            "contact_carrier",
+        ),
+        (
+            dev(
+                "care",
+                T::TicketRaised,
+                Severity::Info,
+                &[("order_value", 50.0)],
+            ),
+            "customer_service",
+            "draft_customer_message",
+        ),
+        (
+            dev(
+                "refund",
+                T::RefundRequested,
+                Severity::Info,
+                &[
+                    ("amount", 240.0),
+                    ("order_value", 240.0),
+                    ("days_since_delivery", 45.0),
+                ],
+            ),
+            "refund",
+            "issue_refund",
+        ),
+        (
+            dev(
+                "pay",
+                T::PaymentFailed,
+                Severity::Warning,
+                &[("attempt", 1.0), ("order_value", 80.0)],
+            ),
+            "payment",
+            "retry_payment",
+        ),
+        (
+            dev(
+                "region",
+                T::KpiThresholdBreach,
+                Severity::Critical,
+                &[("value", 0.41)],
+            ),
+            "escalation",
+            "create_ticket",
+        ),
+    ];
+    let kb = Arc::new(kb);
+    let store = Arc::new(CaseStore::connect(&f.db).await.unwrap());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stage = start(
+        StageConfig::default(),
+        f.table.clone(),
+        kb,
+        store.clone(),
+        Backend::Offline,
+        tx,
+    )
+    .await
+    .unwrap();
+    for (d, _, _) in &cases {
+        assert!(stage.offer(d.clone()).is_none());
+    }
+    stage.finish().await;
+    let published: Vec<ActionMessage> = rx.try_iter().collect();
+    for (d, agent, tool) in &cases {
+        let runs = store.runs(&d.id).await.unwrap();
+        assert_eq!(runs.len(), 1, "{}", d.id);
+        let run = &runs[0];
+        assert_eq!(
+            (run.agent.as_str(), run.outcome.as_str()),
+            (*agent, "accepted"),
+            "{}: {run:?}",
+            d.id
+        );
+        let allowed = &f
+            .table
+            .spec(serde_json::from_value(serde_json::json!(agent)).unwrap())
+            .policy_types;
+        assert!(!run.retrieved.is_empty());
+        for id in &run.retrieved {
+            assert!(
+                allowed.contains(&policy_type[id]),
+                "{}: retrieved {id} outside {allowed:?}",
+                d.id
+            );
+        }
+        let citations: Vec<String> =
+            serde_json::from_value(run.output.as_ref().unwrap()["citations"].clone()).unwrap();
+        assert!(!citations.is_empty(), "{}", d.id);
+        assert!(
+            citations.iter().all(|c| run.retrieved.contains(c)),
+            "{}: cited {citations:?}, retrieved {:?}",
+            d.id,
+            run.retrieved
+        );
+        assert!(
+            published
+                .iter()
+                .any(|a| a.case_id == d.id && a.tool == *tool && a.status == "done"),
+            "{}: {published:?}",
+            d.id
+        );
+    }
+    // The refund is the policy's worked example: $240 at day 45 is a 50% refund.
+    let refund = published
+        .iter()
+        .find(|a| a.case_id == "refund" && a.tool == "issue_refund")
+        .unwrap();
+    assert_eq!(refund.params["amount_cents"], 120_00);
+    // A critical regional breach is a P1 ticket.
+    let ticket = published
+        .iter()
+        .find(|a| a.case_id == "region" && a.tool == "create_ticket")
+        .unwrap();
+    assert_eq!(ticket.params["priority"], "P1");
+}

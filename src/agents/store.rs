@@ -112,6 +112,17 @@ pub struct ActionRecord {
     pub status: String,
 }
 
+/// A recorded run as read back.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoredRun {
+    pub agent: String,
+    pub backend: String,
+    pub outcome: String,
+    pub retrieved: Vec<String>,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
 /// A run to record with its actions and the case's new status.
 #[derive(Clone, Debug)]
 pub struct FinishedRun {
@@ -466,6 +477,30 @@ impl CaseStore {
             .bind(case_id)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    /// Every run of a case, oldest first.
+    pub async fn runs(&self, case_id: &str) -> Result<Vec<StoredRun>> {
+        let rows = sqlx::query(
+            "SELECT agent, backend, outcome, retrieved, output, error FROM agent_runs \
+             WHERE case_id = $1 ORDER BY at, id",
+        )
+        .bind(case_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let output: Option<String> = r.get(4);
+                Ok(StoredRun {
+                    agent: r.get(0),
+                    backend: r.get(1),
+                    outcome: r.get(2),
+                    retrieved: serde_json::from_str(&r.get::<String, _>(3))?,
+                    output: output.map(|o| serde_json::from_str(&o)).transpose()?,
+                    error: r.get(5),
+                })
+            })
+            .collect()
     }
 
     /// (tool, status) of every action on a case, in order.
