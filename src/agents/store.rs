@@ -1,6 +1,6 @@
 //! The case store: SQLite (default) or PostgreSQL (a `postgres://` `DATABASE_URL`) through
-//! sqlx's Any driver, with the migrations in `migrations/sqlite` and `migrations/postgres`
-//! embedded in the binary. Every statement is written once, in SQL both databases accept. A case per deviation (keyed by its id) with its conversation, every agent run
+//! sqlx's Any driver, with the migrations in `migrations/` embedded in the binary. Every
+//! statement and migration is written once, in SQL both databases accept. A case per deviation (keyed by its id) with its conversation, every agent run
 //! (agent, backend, prompt hash, retrieved chunk ids, output, guardrail verdicts, outcome,
 //! latency, tokens) and every action.
 //!
@@ -28,8 +28,8 @@ use crate::model::records::Deviation;
 /// 65,535 parameters).
 const ROWS_PER_STATEMENT: usize = 500;
 
-static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// One set of migrations for both databases.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// `<head> VALUES ($1, .., $columns), (...)` for `rows` rows, numbered as both databases read.
 fn multi_row_insert(head: &str, columns: usize, rows: usize) -> String {
@@ -168,7 +168,7 @@ impl CaseStore {
                 .connect_with(opts)
                 .await
                 .with_context(|| format!("connecting to the case store {}", redacted(database)))?;
-            POSTGRES_MIGRATOR
+            MIGRATOR
                 .run(&pool)
                 .await
                 .context("migrating the case store")?;
@@ -207,7 +207,7 @@ impl CaseStore {
             .connect_with(opts)
             .await
             .with_context(|| format!("opening the case store {path}"))?;
-        SQLITE_MIGRATOR
+        MIGRATOR
             .run(&pool)
             .await
             .context("migrating the case store")?;

@@ -383,6 +383,14 @@ impl AppConfig {
 mod tests {
     use super::*;
 
+    /// An environment made of these variables.
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
     fn shipped_file_parses_to_the_defaults() {
         let cfg =
@@ -392,12 +400,6 @@ mod tests {
 
     #[test]
     fn environment_overrides_the_file_and_bad_values_are_named() {
-        let env = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>()
-        };
         let cfg = AppConfig::load(
             None,
             env(&[
@@ -443,15 +445,9 @@ mod tests {
 
     #[test]
     fn agent_settings_come_from_file_and_environment_and_are_checked() {
-        let vars = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>()
-        };
         let cfg = AppConfig::load(
             None,
-            vars(&[
+            env(&[
                 ("DATABASE_URL", "sqlite:///var/lib/fulfillment/cases.db"),
                 ("FULFILLMENT_LLM_BACKEND", "offline"),
                 ("FULFILLMENT_AGENTS", "false"),
@@ -475,13 +471,13 @@ mod tests {
             )
         );
         let cfg =
-            AppConfig::load(None, vars(&[("DATABASE_URL", "postgres://app@db/cases")])).unwrap();
+            AppConfig::load(None, env(&[("DATABASE_URL", "postgres://app@db/cases")])).unwrap();
         assert_eq!(cfg.agents.database, "postgres://app@db/cases");
-        let e = AppConfig::load(None, vars(&[("DATABASE_URL", "mysql://db/cases")])).unwrap_err();
+        let e = AppConfig::load(None, env(&[("DATABASE_URL", "mysql://db/cases")])).unwrap_err();
         assert_eq!(e.path, "agents.database");
         let e = AppConfig::parse("agents: { concurrency: 0 }\n", "x.yaml").unwrap_err();
         assert_eq!(e.path, "agents.concurrency");
-        let e = AppConfig::load(None, vars(&[("FULFILLMENT_AGENTS", "maybe")])).unwrap_err();
+        let e = AppConfig::load(None, env(&[("FULFILLMENT_AGENTS", "maybe")])).unwrap_err();
         assert_eq!(e.file, "environment variable FULFILLMENT_AGENTS");
     }
 

@@ -1,5 +1,5 @@
--- PostgreSQL version of migrations/sqlite/0001_agent_store.sql: the same tables, with every
--- integer BIGINT so both databases read back 64-bit values through sqlx's Any driver.
+-- Runs on SQLite and on PostgreSQL alike: integers are BIGINT (SQLite gives BIGINT columns
+-- integer affinity), so both databases read back 64-bit values through sqlx's Any driver.
 -- The agent stage's record: a case per deviation with its conversation, every agent run with
 -- what it saw and produced, and every action carried out or awaiting approval.
 CREATE TABLE cases (
