@@ -999,6 +999,16 @@ fn agent_bench(app: &AppConfig, spec: &PipelineSpec, a: &BenchArgs) -> Result<se
             "dataflow alongside: {:.0} events/s alone, {:.0} events/s while the stub run is in progress ({:.2}x; {} workers, {:.1}s of the {:.1}s stub run)",
             alone.events_per_sec, with_agents.events_per_sec, ratio, workers, with_agents.seconds, stub.seconds
         );
+        let cpu: Vec<String> = stub
+            .cpu_seconds
+            .iter()
+            .map(|(group, s)| format!("{group} {s:.1}s"))
+            .collect();
+        println!(
+            "CPU during the stub run ({:.1}s x 2 cores): {}",
+            stub.seconds,
+            cpu.join(", ")
+        );
     }
     Ok(serde_json::json!({
         "offline": offline, "stub": stub,

@@ -4,8 +4,9 @@
 //! the rate it reaches alone).
 //!
 //! In: the settings (routing, knowledge base, stage sizes) and real deviations (from the job
-//! over the Superstore replay and generated input). Out: [`StageRate`] results; every run uses
-//! a fresh case store in a temporary directory.
+//! over the Superstore replay and generated input). Out: [`StageRate`] results with the CPU
+//! time each thread group used (from `/proc/self/task`); every run uses a fresh case store in
+//! a temporary directory.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +35,48 @@ pub struct StageRate {
     pub per_sec: f64,
     pub cases_by_status: BTreeMap<String, i64>,
     pub actions: usize,
+    /// CPU seconds used during the run, by thread group (stub server, agent stage, case
+    /// store, everything else: the dataflow when it runs alongside).
+    pub cpu_seconds: BTreeMap<String, f64>,
+}
+
+/// Scheduler ticks per second of `/proc` CPU times (USER_HZ, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU seconds used so far by this process's live threads, grouped by thread name.
+fn cpu_seconds_by_group() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        // After the name: state (field 3), ..., utime (14), stime (15).
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let group = if name.starts_with("llm-stub") {
+            "stub server"
+        } else if name.starts_with("agents") {
+            "agent stage"
+        } else if name.starts_with("sqlx") {
+            "case store (sqlx)"
+        } else {
+            "other (dataflow, main)"
+        };
+        *out.entry(group.to_string()).or_insert(0.0) += (ticks(11) + ticks(12)) / TICKS_PER_SECOND;
+    }
+    out
 }
 
 /// The model's answer in the stub run: a valid resolution, checked like any other.
@@ -52,6 +95,7 @@ pub fn stage_rate(
     let dir = tempfile_dir()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("agents")
         .enable_all()
         .build()?;
     let table = Arc::new(RoutingTable::load(&app.agents.routing)?);
@@ -62,6 +106,7 @@ pub fn stage_rate(
         concurrency,
         chunks_per_type: app.agents.chunks_per_type,
     };
+    let cpu_before = cpu_seconds_by_group();
     let started = Instant::now();
     let by_status = runtime.block_on(async {
         let handle = start(cfg, table, kb, store.clone(), backend, tx).await?;
@@ -76,6 +121,11 @@ pub fn stage_rate(
         store.status_counts().await
     })?;
     let seconds = started.elapsed().as_secs_f64();
+    // Measured while the stage's threads still live (threads that ended are not counted).
+    let mut cpu_seconds = cpu_seconds_by_group();
+    for (group, used) in cpu_seconds.iter_mut() {
+        *used -= cpu_before.get(group).copied().unwrap_or(0.0);
+    }
     let actions = rx.try_iter().count();
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
@@ -87,6 +137,7 @@ pub fn stage_rate(
         per_sec: deviations.len() as f64 / seconds,
         cases_by_status: by_status,
         actions,
+        cpu_seconds,
     })
 }
 
