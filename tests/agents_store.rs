@@ -85,6 +85,17 @@ on_both_databases!(
     follow_up_messages_continue_the_case
 );
 
+/// Ids of the cases still queued, oldest first.
+async fn queued_ids(store: &CaseStore) -> Vec<String> {
+    store
+        .queued()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect()
+}
+
 async fn a_deviation_is_acted_on_once_across_redelivery_and_restart(db: &str) {
     let store = CaseStore::connect(db).await.unwrap();
     assert!(store.accept(&deviation("d1")).await.unwrap());
@@ -94,13 +105,7 @@ async fn a_deviation_is_acted_on_once_across_redelivery_and_restart(db: &str) {
 
     // Restart: both accepted deviations are still queued, in order.
     let store = CaseStore::connect(db).await.unwrap();
-    let ids: Vec<String> = store
-        .queued()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let ids = queued_ids(&store).await;
     assert_eq!(ids, vec!["d1", "d2"]);
     assert!(store
         .finish_run(&run("d1"), &retry_action(), CaseStatus::Resolved, false)
@@ -119,13 +124,7 @@ async fn a_deviation_is_acted_on_once_across_redelivery_and_restart(db: &str) {
     drop(store);
 
     let store = CaseStore::connect(db).await.unwrap();
-    let ids: Vec<String> = store
-        .queued()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let ids = queued_ids(&store).await;
     assert_eq!(ids, vec!["d2"]);
     assert_eq!(
         store.status("d1").await.unwrap().as_deref(),

@@ -99,7 +99,9 @@ pub fn stage_rate(
         .enable_all()
         .build()?;
     let table = Arc::new(RoutingTable::load(&app.agents.routing)?);
-    let store = Arc::new(runtime.block_on(CaseStore::open(&dir.join("cases.sqlite")))?);
+    let store = Arc::new(runtime.block_on(CaseStore::connect(
+        &dir.join("cases.sqlite").display().to_string(),
+    ))?);
     let (tx, rx) = crossbeam_channel::unbounded::<ActionMessage>();
     let cfg = StageConfig {
         queue_capacity: app.agents.queue_capacity,

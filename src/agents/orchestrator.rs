@@ -471,15 +471,13 @@ impl Stage {
                 Err(e) => {
                     run.outcome = "failed".into();
                     run.error = Some(e.clone());
-                    return self
-                        .escalate(
-                            run,
-                            &d,
-                            &format!("backend failed: {e}"),
-                            reopen,
-                            done.take(),
-                        )
-                        .await;
+                    return self.escalate(
+                        run,
+                        &d,
+                        &format!("backend failed: {e}"),
+                        reopen,
+                        done.take(),
+                    );
                 }
             };
             run.backend = reply.backend.clone();
@@ -511,29 +509,25 @@ impl Stage {
                         .filter(|v| v.outcome == Outcome::Reject)
                         .map(|v| format!("{}: {}", v.guardrail, v.detail))
                         .collect();
-                    return self
-                        .escalate(
-                            run,
-                            &d,
-                            &format!("guardrails: {}", why.join("; ")),
-                            reopen,
-                            done.take(),
-                        )
-                        .await;
+                    return self.escalate(
+                        run,
+                        &d,
+                        &format!("guardrails: {}", why.join("; ")),
+                        reopen,
+                        done.take(),
+                    );
                 }
                 (_, Some(next)) if next != agent => {
                     hops += 1;
                     if hops > self.table.hop_limit {
                         run.outcome = "rejected".into();
-                        return self
-                            .escalate(
-                                run,
-                                &d,
-                                &format!("hop limit {} reached", self.table.hop_limit),
-                                reopen,
-                                done.take(),
-                            )
-                            .await;
+                        return self.escalate(
+                            run,
+                            &d,
+                            &format!("hop limit {} reached", self.table.hop_limit),
+                            reopen,
+                            done.take(),
+                        );
                     }
                     agent = next;
                     continue;
@@ -569,7 +563,7 @@ impl Stage {
     }
 
     /// Ends a case with people: a ticket by severity and a request for approval, with the reason.
-    async fn escalate(
+    fn escalate(
         &self,
         mut run: RunRecord,
         d: &Deviation,

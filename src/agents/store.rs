@@ -214,11 +214,6 @@ impl CaseStore {
         Ok(CaseStore { pool })
     }
 
-    /// Opens (creating) the SQLite database at `path` and applies the migrations.
-    pub async fn open(path: &Path) -> Result<CaseStore> {
-        Self::connect(&path.display().to_string()).await
-    }
-
     /// Records a deviation as a queued case. Returns false when the case already exists
     /// (a redelivery): nothing changes then.
     pub async fn accept(&self, d: &Deviation) -> Result<bool> {
