@@ -11,5 +11,6 @@ pub mod kafka;
 pub mod llm;
 pub mod model;
 pub mod rag;
+pub mod serve;
 pub mod sinks;
 pub mod sources;

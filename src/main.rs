@@ -14,10 +14,13 @@ use clap::{Args, Parser, Subcommand};
 use fulfillment_ai::agents::runner::AgentRunner;
 use fulfillment_ai::bench;
 use fulfillment_ai::config::{AppConfig, PipelineSpec};
+use fulfillment_ai::dataflow::live_spec::LiveSpec;
 use fulfillment_ai::dataflow::{run_job, JobOptions, JobReport, Pacing};
 use fulfillment_ai::kafka::load::LoadOptions;
 use fulfillment_ai::kafka::{create_topics, TopicOutcome, Topics};
 use fulfillment_ai::rag::{self, Filters, Mode};
+use fulfillment_ai::serve::live::LiveView;
+use fulfillment_ai::serve::{AppState, LagProbe, Server};
 use fulfillment_ai::sinks::kafka::KafkaSinkConfig;
 use fulfillment_ai::sources::chain::{Chain, RateLimited};
 use fulfillment_ai::sources::generator::{GeneratorConfig, GeneratorSource};
@@ -217,6 +220,13 @@ struct RunArgs {
     /// Do not resolve deviations with the agents (same as `agents.enabled: false`).
     #[arg(long)]
     no_agents: bool,
+    /// Address of the REST API, WebSockets, /metrics and the dashboard (default from settings:
+    /// 127.0.0.1:8000; port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Do not start the server (same as `serve.enabled: false`).
+    #[arg(long)]
+    no_serve: bool,
 }
 
 #[derive(Args)]
@@ -461,13 +471,65 @@ fn run(a: RunArgs) -> Result<()> {
     if a.no_agents {
         app.agents.enabled = false;
     }
-    let agents = if app.agents.enabled {
-        let (runner, tap) =
-            AgentRunner::start(&app, Some(app.out_dir.clone()), opts.kafka_sink.clone())?;
-        opts.deviation_tap = Some(tap);
-        Some(runner)
+    if a.no_serve {
+        app.serve.enabled = false;
+    }
+    if let Some(l) = &a.listen {
+        app.serve.listen = l.clone();
+        if l.parse::<std::net::SocketAddr>().is_err() {
+            bail!("--listen `{l}`: use an address with a port, such as 127.0.0.1:8000");
+        }
+    }
+    // One knowledge base for the agents and the server, so documents added over the API are
+    // retrieved by the agents at once.
+    let kb = if app.agents.enabled || app.serve.enabled {
+        Some(Arc::new(rag::open_configured(&app.kb, &app.openai)?))
     } else {
         None
+    };
+    let live_spec = Arc::new(LiveSpec::new(spec.clone()));
+    let live_view = app.serve.enabled.then(|| {
+        Arc::new(LiveView::new(
+            app.serve.keep_deviations,
+            app.serve.keep_orders,
+            app.serve.ws_buffer,
+        ))
+    });
+    opts.live_spec = Some(live_spec.clone());
+    opts.live_view = live_view.clone();
+    let agents = match &kb {
+        Some(kb) if app.agents.enabled => {
+            let (runner, tap) = AgentRunner::start(
+                &app,
+                kb.clone(),
+                Some(app.out_dir.clone()),
+                opts.kafka_sink.clone(),
+                live_view.clone(),
+            )?;
+            opts.deviation_tap = Some(tap);
+            Some(runner)
+        }
+        _ => None,
+    };
+    let server = match (&live_view, &kb) {
+        (Some(live), Some(kb)) => {
+            let consumer_lag: Option<LagProbe> = kafka_progress.clone().map(|p| {
+                let probe: LagProbe = Arc::new(move || p.total_lag());
+                probe
+            });
+            Some(Server::start(AppState {
+                live: live.clone(),
+                spec: live_spec.clone(),
+                kb: kb.clone(),
+                agents: agents.as_ref().map(AgentRunner::desk),
+                config: app.serve.clone(),
+                api_key: app.serve.api_key(),
+                workers: opts.workers,
+                source: source.describe(),
+                consumer_lag,
+            })?)
+        }
+        _ => None,
     };
     let out = app.out_dir.clone();
     println!(
@@ -498,6 +560,12 @@ fn run(a: RunArgs) -> Result<()> {
             r.database
         );
     }
+    if let Some(srv) = &server {
+        println!(
+            "  metrics    http://{}/metrics   API http://{}/openapi.json",
+            srv.addr, srv.addr
+        );
+    }
     if let Some(t) = &opts.kafka_sink {
         println!(
             "  kafka out  {} (KPIs), {} (deviations), {} (dead letters), {} (late){}",
@@ -511,6 +579,9 @@ fn run(a: RunArgs) -> Result<()> {
                 String::new()
             }
         );
+    }
+    if let Some(srv) = &server {
+        println!("dashboard http://{}/", srv.addr);
     }
     if let Some(progress) = kafka_progress {
         std::thread::spawn(move || loop {
@@ -548,8 +619,15 @@ fn run(a: RunArgs) -> Result<()> {
         });
     }
     let report = run_job(&spec, source, &opts)?;
-    // The agent stage finishes once the job's last handle on its input is gone.
+    // The agent stage finishes once the job's last handle on its input is gone: the job's
+    // tap, then the server's desk.
     drop(opts);
+    if let Some(live) = &live_view {
+        live.set_finished();
+    }
+    if let Some(srv) = server {
+        srv.stop();
+    }
     print_summary(&report, &out);
     if let Some(r) = agents {
         let s = r.finish()?;

@@ -115,6 +115,35 @@ impl StageHandle {
         }
     }
 
+    /// Continues a case with a message from an operator or a customer (see [`CaseDesk`]).
+    pub async fn follow_up(&self, case_id: &str, role: &str, body: &str) -> Result<String> {
+        self.desk().follow_up(case_id, role, body).await
+    }
+
+    /// A handle for working on cases from elsewhere (the server) while the stage runs. Drop
+    /// every desk before [`StageHandle::finish`]: the stage finishes once they are gone.
+    pub fn desk(&self) -> CaseDesk {
+        CaseDesk {
+            stage: self.stage.clone(),
+        }
+    }
+
+    /// Closes the queue and waits until every accepted case has been worked on and recorded.
+    pub async fn finish(self) {
+        drop(self.tx);
+        drop(self.stage);
+        let _ = self.worker.await;
+        let _ = self.recorder.await;
+    }
+}
+
+/// Works on single cases at an operator's request.
+#[derive(Clone)]
+pub struct CaseDesk {
+    stage: Arc<Stage>,
+}
+
+impl CaseDesk {
     /// Continues a case with a message from an operator or a customer: the message joins the
     /// conversation and the case's agent runs again with the history. Returns the case's new
     /// status.
@@ -140,14 +169,6 @@ impl StageHandle {
         recorded.await.context("the recorder stopped")?;
         Ok(self.stage.store.status(case_id).await?.unwrap_or_default())
     }
-
-    /// Closes the queue and waits until every accepted case has been worked on and recorded.
-    pub async fn finish(self) {
-        drop(self.tx);
-        drop(self.stage);
-        let _ = self.worker.await;
-        let _ = self.recorder.await;
-    }
 }
 
 /// Records finished runs in batches (one transaction each, so one disk sync for many cases)
@@ -171,6 +192,7 @@ async fn record_batches(
         for (r, ok) in batch.drain(..).zip(recorded) {
             if ok {
                 let run = &r.finished.run;
+                crate::serve::metrics::global().observe_run(run);
                 for a in &r.finished.actions {
                     let _ = actions.send(ActionMessage {
                         case_id: run.case_id.clone(),

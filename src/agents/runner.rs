@@ -19,11 +19,13 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::backend::OpenAiBackend;
-use super::orchestrator::{start, ActionMessage, Backend, StageConfig, StageHandle};
+use super::orchestrator::{start, ActionMessage, Backend, CaseDesk, StageConfig, StageHandle};
 use super::store::CaseStore;
 use super::RoutingTable;
 use crate::config::app::AppConfig;
 use crate::model::records::Deviation;
+use crate::rag::KnowledgeBase;
+use crate::serve::live::LiveView;
 use crate::sinks::kafka::{KafkaSink, KafkaSinkConfig};
 
 /// What the stage did in this job.
@@ -45,7 +47,22 @@ pub struct AgentSummary {
 pub struct AgentRunner {
     feeder: std::thread::JoinHandle<Result<AgentSummary>>,
     writer: std::thread::JoinHandle<Result<u64>>,
+    desk: AgentDesk,
     /// Printed at start: which backend, which database.
+    pub backend: String,
+    pub database: String,
+}
+
+/// What the server needs to work with the stage while it runs: run async work on the stage's
+/// runtime, hand over deviations, continue cases, read the case store. Every clone must be
+/// dropped before [`AgentRunner::finish`], which waits for the stage's input to close.
+#[derive(Clone)]
+pub struct AgentDesk {
+    pub runtime: tokio::runtime::Handle,
+    pub cases: CaseDesk,
+    pub store: Arc<CaseStore>,
+    /// The stage's input (the same channel the job's collector sends to).
+    pub deviations: crossbeam_channel::Sender<Deviation>,
     pub backend: String,
     pub database: String,
 }
@@ -55,8 +72,10 @@ impl AgentRunner {
     /// the stage finishes its work once every clone of it is dropped.
     pub fn start(
         app: &AppConfig,
+        kb: Arc<KnowledgeBase>,
         out_dir: Option<PathBuf>,
         kafka: Option<KafkaSinkConfig>,
+        live: Option<Arc<LiveView>>,
     ) -> Result<(AgentRunner, crossbeam_channel::Sender<Deviation>)> {
         let cfg = &app.agents;
         let table = Arc::new(RoutingTable::load(&cfg.routing)?);
@@ -67,7 +86,6 @@ impl AgentRunner {
             .build()
             .context("starting the agent runtime")?;
         let store = Arc::new(runtime.block_on(CaseStore::connect(&cfg.database))?);
-        let kb = Arc::new(crate::rag::open_configured(&app.kb, &app.openai)?);
         if kb.embedder_is_fallback() {
             tracing::warn!("agents retrieve policy with the hashed fallback embedder");
         }
@@ -101,12 +119,20 @@ impl AgentRunner {
         ))?;
         let writer = std::thread::Builder::new()
             .name("agent-actions".into())
-            .spawn(move || write_actions(actions_rx, out_dir, kafka))
+            .spawn(move || write_actions(actions_rx, out_dir, kafka, live))
             .context("starting the action writer")?;
         let (tx, rx) = crossbeam_channel::unbounded::<Deviation>();
         let label = backend_label.clone();
         let database = super::store::redacted(&cfg.database);
         let db = database.clone();
+        let desk = AgentDesk {
+            runtime: runtime.handle().clone(),
+            cases: handle.desk(),
+            store: store.clone(),
+            deviations: tx.clone(),
+            backend: backend_label.clone(),
+            database: database.clone(),
+        };
         let feeder = std::thread::Builder::new()
             .name("agent-feeder".into())
             .spawn(move || feed(runtime, handle, rx, store, label, db))
@@ -115,6 +141,7 @@ impl AgentRunner {
             AgentRunner {
                 feeder,
                 writer,
+                desk,
                 backend: backend_label,
                 database,
             },
@@ -122,8 +149,14 @@ impl AgentRunner {
         ))
     }
 
+    /// For the server; see [`AgentDesk`].
+    pub fn desk(&self) -> AgentDesk {
+        self.desk.clone()
+    }
+
     /// Waits until every deviation handed over is worked on and every action written.
     pub fn finish(self) -> Result<AgentSummary> {
+        drop(self.desk);
         let mut summary = self
             .feeder
             .join()
@@ -179,6 +212,7 @@ fn write_actions(
     rx: crossbeam_channel::Receiver<ActionMessage>,
     out_dir: Option<PathBuf>,
     kafka: Option<KafkaSinkConfig>,
+    live: Option<Arc<LiveView>>,
 ) -> Result<u64> {
     let mut file = match &out_dir {
         Some(dir) => {
@@ -213,6 +247,9 @@ fn write_actions(
         }
         if let Some(p) = producer.as_mut() {
             p.action(&a)?;
+        }
+        if let Some(v) = &live {
+            v.on_action(&a);
         }
         written += 1;
     }

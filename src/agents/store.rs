@@ -121,6 +121,25 @@ pub struct StoredRun {
     pub retrieved: Vec<String>,
     pub output: Option<serde_json::Value>,
     pub error: Option<String>,
+    pub attempts: i64,
+    pub latency_ms: i64,
+    /// Wall clock, epoch ms.
+    pub at: i64,
+}
+
+/// A case as listed: newest first.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseSummary {
+    pub case_id: String,
+    pub status: String,
+    pub agent: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub severity: String,
+    pub order_id: Option<String>,
+    pub summary: String,
+    /// Wall clock, epoch ms.
+    pub updated: i64,
 }
 
 /// A run to record with its actions and the case's new status.
@@ -477,8 +496,8 @@ impl CaseStore {
     /// Every run of a case, oldest first.
     pub async fn runs(&self, case_id: &str) -> Result<Vec<StoredRun>> {
         let rows = sqlx::query(
-            "SELECT agent, backend, outcome, retrieved, output, error FROM agent_runs \
-             WHERE case_id = $1 ORDER BY at, id",
+            "SELECT agent, backend, outcome, retrieved, output, error, attempts, latency_ms, at \
+             FROM agent_runs WHERE case_id = $1 ORDER BY at, id",
         )
         .bind(case_id)
         .fetch_all(&self.pool)
@@ -493,6 +512,9 @@ impl CaseStore {
                     retrieved: serde_json::from_str(&r.get::<String, _>(3))?,
                     output: output.map(|o| serde_json::from_str(&o)).transpose()?,
                     error: r.get(5),
+                    attempts: r.get(6),
+                    latency_ms: r.get(7),
+                    at: r.get(8),
                 })
             })
             .collect()
@@ -505,6 +527,67 @@ impl CaseStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Every action on a case with its parameters, in order.
+    pub async fn action_records(&self, case_id: &str) -> Result<Vec<ActionRecord>> {
+        let rows =
+            sqlx::query("SELECT tool, params, status FROM actions WHERE case_id = $1 ORDER BY id")
+                .bind(case_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ActionRecord {
+                    tool: r.get(0),
+                    params: serde_json::from_str(&r.get::<String, _>(1))?,
+                    status: r.get(2),
+                })
+            })
+            .collect()
+    }
+
+    /// The most recently updated cases, newest first; with `order_id`, only that order's.
+    pub async fn recent_cases(
+        &self,
+        limit: i64,
+        order_id: Option<&str>,
+    ) -> Result<Vec<CaseSummary>> {
+        let rows = match order_id {
+            // Case ids of order rules start with the rule and the order id; the deviation JSON
+            // is checked below, so the prefix filter only narrows the scan.
+            Some(o) => sqlx::query(
+                "SELECT id, status, agent, updated_at, deviation FROM cases \
+                 WHERE deviation LIKE $1 ORDER BY updated_at DESC, id LIMIT $2",
+            )
+            .bind(format!("%\"order_id\":\"{}\"%", o.replace(['%', '_'], "")))
+            .bind(limit),
+            None => sqlx::query(
+                "SELECT id, status, agent, updated_at, deviation FROM cases \
+                 ORDER BY updated_at DESC, id LIMIT $1",
+            )
+            .bind(limit),
+        }
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let d: Deviation = serde_json::from_str(&r.get::<String, _>(4))?;
+            if order_id.is_some_and(|o| d.order_id.as_deref() != Some(o)) {
+                continue;
+            }
+            out.push(CaseSummary {
+                case_id: r.get(0),
+                status: r.get(1),
+                agent: r.get(2),
+                kind: d.kind.as_str().to_string(),
+                severity: format!("{:?}", d.severity).to_lowercase(),
+                order_id: d.order_id.clone(),
+                summary: d.summary.clone(),
+                updated: r.get(3),
+            });
+        }
+        Ok(out)
     }
 
     /// Number of cases per status.

@@ -34,6 +34,64 @@ pub struct AppConfig {
     /// The OpenAI-compatible server used by `kb.embedder: openai` and the agents.
     pub openai: OpenAiSettings,
     pub agents: AgentsConfig,
+    pub serve: ServeConfig,
+}
+
+/// The HTTP server of `run`: REST API, WebSockets, Prometheus metrics and the dashboard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Start the server with `run` (`FULFILLMENT_SERVE`: true | false).
+    pub enabled: bool,
+    /// Address to listen on; port 0 picks a free port (`FULFILLMENT_LISTEN`).
+    pub listen: String,
+    /// Name of the environment variable holding the API key. When that variable is set,
+    /// POST/PUT endpoints and the WebSockets need `Authorization: Bearer KEY`. Keys never go
+    /// in this file.
+    pub api_key_env: String,
+    /// With an API key: GET endpoints need it too (`/health` and `/metrics` stay open).
+    pub protect_reads: bool,
+    /// Origins allowed by CORS (exact, e.g. `https://ops.example.com`); empty: same origin only.
+    pub cors_origins: Vec<String>,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// Messages queued per WebSocket client before KPI deltas coalesce.
+    pub ws_buffer: usize,
+    /// A WebSocket client whose queue stays full this long is disconnected.
+    pub ws_stall_limit: Duration,
+    /// Interval of WebSocket heartbeats.
+    pub heartbeat: Duration,
+    /// Deviations kept for the API (newest); older ones stay in deviations.jsonl.
+    pub keep_deviations: usize,
+    /// Orders kept for the API (most recently active).
+    pub keep_orders: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            enabled: true,
+            listen: "127.0.0.1:8000".into(),
+            api_key_env: "FULFILLMENT_API_KEY".into(),
+            protect_reads: false,
+            cors_origins: Vec::new(),
+            max_body_bytes: 1 << 20,
+            ws_buffer: 256,
+            ws_stall_limit: Duration(10_000),
+            heartbeat: Duration(5_000),
+            keep_deviations: 100_000,
+            keep_orders: 200_000,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// The API key, when its variable is set and not empty.
+    pub fn api_key(&self) -> Option<String> {
+        std::env::var(&self.api_key_env)
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+    }
 }
 
 /// The agent stage of `run`.
@@ -167,6 +225,7 @@ impl Default for AppConfig {
             kb: KbConfig::default(),
             openai: OpenAiSettings::default(),
             agents: AgentsConfig::default(),
+            serve: ServeConfig::default(),
         }
     }
 }
@@ -261,6 +320,12 @@ impl AppConfig {
                         .parse()
                         .map_err(|_| bad(format!("`{value}`: use true or false")))?
                 }
+                "SERVE" => {
+                    self.serve.enabled = value
+                        .parse()
+                        .map_err(|_| bad(format!("`{value}`: use true or false")))?
+                }
+                "LISTEN" => self.serve.listen = value,
                 "LLM_BACKEND" => self.agents.backend = value,
                 "LLM_MODEL" => self.agents.model = value,
                 "OPENAI_TIMEOUT" => {
@@ -301,6 +366,34 @@ impl AppConfig {
                 .is_none_or(|f| f <= 0.0)
         {
             return Err(err("speed", "use `max` or a speed-up like `1x` or `3600x`"));
+        }
+        if self.serve.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err(
+                "serve.listen",
+                "must be an address with a port, such as 127.0.0.1:8000 or 0.0.0.0:8000",
+            ));
+        }
+        if self.serve.max_body_bytes < 1024 {
+            return Err(err("serve.max_body_bytes", "must be at least 1024 bytes"));
+        }
+        if self.serve.ws_buffer < 4 {
+            return Err(err("serve.ws_buffer", "must be at least 4 messages"));
+        }
+        if self.serve.heartbeat.ms() < 100 || self.serve.ws_stall_limit.ms() < 100 {
+            return Err(err(
+                "serve.heartbeat",
+                "serve.heartbeat and serve.ws_stall_limit must be at least 100ms",
+            ));
+        }
+        if let Some(o) =
+            self.serve.cors_origins.iter().find(|o| {
+                !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/')
+            })
+        {
+            return Err(err(
+                "serve.cors_origins",
+                &format!("`{o}` is not an origin like https://ops.example.com"),
+            ));
         }
         if self.max_event_bytes < 64 {
             return Err(err("max_event_bytes", "must be at least 64 bytes"));

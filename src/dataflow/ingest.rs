@@ -26,6 +26,9 @@ pub struct SharedCounters {
     pub duplicates: AtomicU64,
     pub facts: AtomicU64,
     pub deviations: AtomicU64,
+    /// Event time (epoch ms) the whole dataflow has processed up to; 0 before the first
+    /// progress.
+    pub watermark_ms: std::sync::atomic::AtomicI64,
 }
 
 /// Wall-clock pacing of a replay.

@@ -215,6 +215,11 @@ pub struct CellState {
 }
 
 impl CellState {
+    /// Rates from now on with `spec` (same KPIs, changed thresholds).
+    pub fn set_spec(&mut self, spec: std::sync::Arc<PipelineSpec>) {
+        self.spec = spec;
+    }
+
     pub fn new(spec: std::sync::Arc<PipelineSpec>) -> Self {
         let clock = TickClock {
             tick_ms: spec.time.tick.ms(),

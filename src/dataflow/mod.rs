@@ -16,6 +16,7 @@
 pub mod ingest;
 pub mod kpi_math;
 pub mod kpis;
+pub mod live_spec;
 pub mod orders;
 pub mod risk;
 pub mod risk_model;
@@ -79,6 +80,10 @@ pub struct JobOptions {
     pub kafka_sink: Option<crate::sinks::kafka::KafkaSinkConfig>,
     /// Hand every deviation to the agent stage.
     pub deviation_tap: Option<crossbeam_channel::Sender<Deviation>>,
+    /// Thresholds changed while the job runs; `None`: the spec passed to [`run_job`] as is.
+    pub live_spec: Option<Arc<live_spec::LiveSpec>>,
+    /// Live state for the server: fed by the collector, counters and watermark shared.
+    pub live_view: Option<Arc<crate::serve::live::LiveView>>,
 }
 
 impl Default for JobOptions {
@@ -95,6 +100,8 @@ impl Default for JobOptions {
             max_event_bytes: 1 << 20,
             kafka_sink: None,
             deviation_tap: None,
+            live_spec: None,
+            live_view: None,
         }
     }
 }
@@ -171,12 +178,16 @@ pub fn run_job(
         echo: opts.echo,
         kafka: opts.kafka_sink.clone(),
         deviation_tap: opts.deviation_tap.clone(),
+        live_view: opts.live_view.clone(),
     };
     let collector = std::thread::Builder::new()
         .name("sink-collector".into())
         .spawn(move || crate::sinks::collect(rx, collector_opts))
         .map_err(JobError::Output)?;
-    let counters = Arc::new(SharedCounters::default());
+    let counters = opts
+        .live_view
+        .as_ref()
+        .map_or_else(Default::default, |v| v.counters.clone());
     let worker_counters = counters.clone();
     let opts_w = opts.clone();
     let guards = timely::execute(
@@ -295,10 +306,12 @@ fn run_worker(
         let live = live_orders.clone();
         let order_sink = sink.clone();
         let order_counters = counters.clone();
+        let record_applied = opts.live_view.is_some();
         builder.build(move |capabilities| {
             let mut caps: Vec<Option<Capability<u64>>> =
                 capabilities.into_iter().map(Some).collect();
             let mut state = OrderState::new(order_spec);
+            state.record_applied = record_applied;
             let mut out = OrderOutputs::default();
             move |frontiers| {
                 events_in.for_each(|_time, data| {
@@ -339,6 +352,10 @@ fn run_worker(
                     let _ = order_sink
                         .send(SinkMessage::Deviations(std::mem::take(&mut out.deviations)));
                 }
+                if !out.applied.is_empty() {
+                    let _ =
+                        order_sink.send(SinkMessage::OrderEvents(std::mem::take(&mut out.applied)));
+                }
                 if out.duplicates > 0 {
                     order_counters
                         .duplicates
@@ -353,7 +370,7 @@ fn run_worker(
 
         // Risk, exchanged by route; facts downstream, deviations and scores to the sink.
         let risk_spec = spec.clone();
-        let collect_scores = opts.collect_risk_scores;
+        let collect_scores = opts.collect_risk_scores || opts.live_view.is_some();
         let risk_sink = sink.clone();
         let risk_counters = counters.clone();
         let risk_facts = risk_updates
@@ -430,6 +447,7 @@ fn run_worker(
         let interval = opts.kpi_update_interval;
         let kpi_sink = sink.clone();
         let kpi_counters = counters.clone();
+        let live_spec = opts.live_spec.clone();
         partials
             .concat(levels)
             .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
@@ -437,10 +455,18 @@ fn run_worker(
                 "Cells",
                 move |cap, _info| {
                     let mut state = CellState::new(cell_spec);
+                    let mut spec_version = 0;
                     let mut cap = Some(cap);
                     let mut buffer = Vec::new();
                     let mut last_emit = Instant::now();
                     move |(input, frontier), _output| {
+                        if let Some((v, spec)) = live_spec
+                            .as_ref()
+                            .and_then(|l| l.changed_since(spec_version))
+                        {
+                            spec_version = v;
+                            state.set_spec(spec);
+                        }
                         input.for_each(|_t, data| {
                             for i in data.drain(..) {
                                 state.ingest(i);
@@ -482,6 +508,7 @@ fn run_worker(
         opts.pacing,
         opts.max_event_bytes,
     );
+    let tick_ms = spec.time.tick.ms();
     let mut batch = Vec::with_capacity(opts.batch_per_partition * 2);
     let mut stats = WorkerStats::default();
     let mut since_sync = 0usize;
@@ -508,6 +535,13 @@ fn run_worker(
             }
         }
         worker.step();
+        if index == 0 {
+            if let Some(tick) = probe.with_frontier(|f| f.iter().next().copied()) {
+                counters
+                    .watermark_ms
+                    .store(tick as i64 * tick_ms, Ordering::Relaxed);
+            }
+        }
         // Bound in-flight data: let the dataflow catch up every so many events.
         // Bound in-flight data without lock-stepping the workers: once a worker has pushed
         // `sync_every` events, it waits until the dataflow has caught up to where the input

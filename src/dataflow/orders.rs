@@ -74,6 +74,8 @@ pub struct OrderOutputs {
     pub risk: Vec<RiskUpdate>,
     /// Duplicates seen (bookkeeping for the job report).
     pub duplicates: u64,
+    /// Every applied (not duplicate) event, when [`OrderState::record_applied`] is on.
+    pub applied: Vec<OrderEvent>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -135,6 +137,8 @@ pub struct OrderState {
     /// Gauge KPIs: (kpi index, dimension sets).
     gauges: Vec<(u16, Vec<Vec<crate::model::facts::Dimension>>)>,
     touched: FxHashSet<CompactString>,
+    /// Copy every applied event to [`OrderOutputs::applied`] (the server's order view).
+    pub record_applied: bool,
 }
 
 fn hash_str(s: &str) -> u64 {
@@ -164,6 +168,7 @@ impl OrderState {
             next_generation: 0,
             gauges,
             touched: FxHashSet::default(),
+            record_applied: false,
         }
     }
 
@@ -256,6 +261,9 @@ impl OrderState {
             return;
         }
         rec.seen.push(id_hash);
+        if self.record_applied {
+            out.applied.push(e.clone());
+        }
         if !self.touched.contains(&e.order_id) {
             self.touched.insert(e.order_id.clone());
         }

@@ -59,6 +59,8 @@ pub enum SinkMessage {
     DeadLetter(DeadLetter),
     Late(LateEvent),
     RiskScores(Vec<RiskScore>),
+    /// Applied order events, for the server's order view (only when it runs).
+    OrderEvents(Vec<crate::model::event::OrderEvent>),
 }
 
 /// What the collector keeps.
@@ -130,6 +132,8 @@ pub struct CollectorOptions {
     pub kafka: Option<kafka::KafkaSinkConfig>,
     /// Every deviation is also handed here (the agent stage); unbounded, so never blocks.
     pub deviation_tap: Option<crossbeam_channel::Sender<Deviation>>,
+    /// The server's live state: sees every KPI record, deviation, order event and risk score.
+    pub live_view: Option<std::sync::Arc<crate::serve::live::LiveView>>,
 }
 
 /// Receives until every sender is dropped; then drops the deviation tap, which tells the agent
@@ -155,6 +159,9 @@ pub fn collect(
         match msg {
             SinkMessage::Kpis(records) => {
                 c.kpi_updates += records.len() as u64;
+                if let Some(v) = &opts.live_view {
+                    v.on_kpis(&records);
+                }
                 for r in records {
                     if let Some(f) = files.as_mut() {
                         write_line(&mut f.kpis, &r)?;
@@ -182,6 +189,9 @@ pub fn collect(
                 }
             }
             SinkMessage::Deviations(devs) => {
+                if let Some(v) = &opts.live_view {
+                    v.on_deviations(&devs);
+                }
                 for d in devs {
                     if let Some(f) = files.as_mut() {
                         write_line(&mut f.deviations, &d)?;
@@ -222,7 +232,19 @@ pub fn collect(
                     c.late_events.push(l);
                 }
             }
-            SinkMessage::RiskScores(s) => c.risk_scores.extend(s),
+            SinkMessage::RiskScores(s) => {
+                if let Some(v) = &opts.live_view {
+                    v.on_risk_scores(&s);
+                }
+                if opts.keep_in_memory {
+                    c.risk_scores.extend(s);
+                }
+            }
+            SinkMessage::OrderEvents(events) => {
+                if let Some(v) = &opts.live_view {
+                    v.on_order_events(events);
+                }
+            }
         }
         // Flush whenever the channel runs dry, so files are readable while the job runs (and
         // whole lines survive an interrupt).
