@@ -302,6 +302,23 @@ struct BenchArgs {
     /// Model calls in flight for the stub run of the agent benchmark.
     #[arg(long, default_value_t = 64)]
     agent_concurrency: usize,
+    /// Server benchmark: --ws-subscribers WebSocket clients on /ws/kpi (--ws-stalled of them
+    /// never read) and a constant --rest-rate of REST requests, against a job this command
+    /// starts; delivery latency, REST latency and the server's RSS.
+    #[arg(long)]
+    serve: bool,
+    #[arg(long, default_value_t = 1000)]
+    ws_subscribers: usize,
+    /// Fraction of the subscribers that never read.
+    #[arg(long, default_value_t = 0.1)]
+    ws_stalled: f64,
+    /// Seconds of WebSocket measurement.
+    #[arg(long, default_value_t = 30)]
+    ws_seconds: u64,
+    #[arg(long, default_value_t = 1000)]
+    rest_rate: u32,
+    #[arg(long, default_value_t = 30)]
+    rest_seconds: u64,
     /// Internal: run one memory probe with this many open orders and print the RSS in bytes.
     #[arg(long, hide = true)]
     memory_probe: Option<usize>,
@@ -988,6 +1005,21 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     }
     if a.agents {
         results.insert("agents".into(), agent_bench(&app, &spec, &a)?);
+    }
+    if a.serve {
+        let r =
+            fulfillment_ai::serve::bench::run(&fulfillment_ai::serve::bench::ServeBenchOptions {
+                binary: std::env::current_exe().context("locating this binary")?,
+                subscribers: a.ws_subscribers,
+                stalled_fraction: a.ws_stalled,
+                seconds: a.ws_seconds,
+                rest_rate: a.rest_rate,
+                rest_seconds: a.rest_seconds,
+            })?;
+        if !a.json {
+            println!("serve: {}", serde_json::to_string_pretty(&r)?);
+        }
+        results.insert("serve".into(), r);
     }
     if a.risk_quality {
         let mut quality = serde_json::Map::new();

@@ -293,6 +293,7 @@
     devSeen: new Set(),
     devCounts: { all: 0, critical: 0, warning: 0, info: 0 },
     devTypes: new Set(),
+    typeCounts: new Map(), // type -> {n, critical, warning, info}
     devArrivals: [], // wall ms of live arrivals (rate)
     sevFilter: 'all',
     typeFilter: '',
@@ -370,8 +371,10 @@
   // WebSockets with reconnect, backoff and a heartbeat watchdog
   // ------------------------------------------------------------------------------------------
   class LiveSocket {
-    constructor(name, path, params, onMessage) {
+    constructor(name, path, params, onMessage, onOpen) {
       this.name = name;
+      this.onOpen = onOpen;
+      this.opens = 0;
       this.path = path;
       this.params = params;
       this.onMessage = onMessage;
@@ -400,11 +403,14 @@
       this.ws = ws;
       ws.onopen = () => {
         this.attempt = 0;
+        this.opens += 1;
         this.setState('open');
         this.feedWatchdog();
+        if (this.onOpen) this.onOpen(this.opens);
       };
       ws.onmessage = (ev) => {
         this.feedWatchdog();
+        lastLiveAt = Date.now();
         let msg;
         try { msg = JSON.parse(ev.data); } catch (e) { return; }
         this.onMessage(msg, this);
@@ -416,6 +422,7 @@
         clearTimeout(this.watchdog);
         this.closeCode = ev.code;
         this.scheduleReconnect();
+        onSocketDown();
       };
     }
     /** No message for three heartbeats: the connection is dead even if TCP has not noticed. */
@@ -427,6 +434,7 @@
     }
     scheduleReconnect() {
       this.attempt += 1;
+      if (this.opens === 0 && this.attempt === 1) probeAuth(this.path);
       const base = Math.min(30000, 500 * 2 ** Math.min(this.attempt - 1, 6));
       const delay = Math.round(base * (0.75 + Math.random() * 0.5));
       this.setState(this.attempt > 2 ? 'offline' : 'connecting');
@@ -445,8 +453,38 @@
   const kpiSocket = new LiveSocket('kpi', '/ws/kpi', {
     kpi: KPIS.map((k) => k.name),
     dims: ['global', 'region+ship_mode'],
-  }, onKpiMessage);
-  const devSocket = new LiveSocket('deviations', '/ws/deviations', {}, onDevMessage);
+  }, onKpiMessage, (opens) => {
+    // A reconnect may reach a restarted job (versions start again): read everything afresh.
+    if (opens > 1) {
+      state.series.clear();
+      heatKey = '';
+      for (const k of KPIS) dirtyCards.add(k.name);
+      invalidate('cards', 'heatmap');
+      loadKpiHistory();
+    }
+    loadHealth();
+  });
+  const devSocket = new LiveSocket('deviations', '/ws/deviations', {}, onDevMessage, (opens) => {
+    if (opens > 1) scheduleCasesRefresh();
+  });
+  /** A socket never opened: a 401 over plain HTTP means the server wants an API key. */
+  let authProblem = null;
+  async function probeAuth(path) {
+    try {
+      const headers = TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {};
+      const res = await fetch(path, { headers, cache: 'no-store' });
+      if (res.status === 401) {
+        authProblem = TOKEN
+          ? 'The server rejected the API key in the page address (?token=…).'
+          : 'This server requires an API key: open the dashboard as /?token=YOUR_KEY.';
+        renderConnection();
+      }
+    } catch (e) { /* the server is down; the reconnect loop reports it */ }
+  }
+  /** A socket closed: the heartbeats stop, so check the server's health now. */
+  function onSocketDown() {
+    loadHealth();
+  }
 
   function onKpiMessage(msg) {
     if (msg.type === 'snapshot' || msg.type === 'kpis') {
@@ -466,7 +504,8 @@
       invalidate('devs');
     } else if (msg.type === 'deviations') {
       const list = msg.deviations || [];
-      for (const d of list) addDeviation(d, list.length <= 5);
+      const quiet = state.devArrivals.filter((t) => Date.now() - t < 10000).length < 10;
+      for (const d of list) addDeviation(d, quiet && list.length <= 3);
       invalidate('devs');
     } else if (msg.type === 'actions') {
       onActions(msg.actions || []);
@@ -475,6 +514,7 @@
     }
   }
 
+  let lastLiveAt = null;
   function renderConnection() {
     const socks = [kpiSocket, devSocket];
     const open = socks.filter((s) => s.state === 'open').length;
@@ -488,6 +528,14 @@
     node.dataset.state = st;
     $('.txt', node).textContent = txt;
     node.title = socks.map((s) => `/ws/${s.name}: ${s.state}${s.closeCode ? ` (last close ${s.closeCode})` : ''}`).join('\n');
+    const banner = $('#offline-banner');
+    const wasLive = socks.some((s) => s.opens > 0);
+    if (open > 0) authProblem = null;
+    banner.hidden = !(authProblem || (wasLive && open === 0));
+    if (authProblem) banner.textContent = authProblem;
+    else if (!banner.hidden) {
+      banner.textContent = `Live updates paused: reconnecting to the server. Figures are as of ${fmtWall(lastLiveAt)}.`;
+    }
   }
 
   // ------------------------------------------------------------------------------------------
@@ -521,10 +569,11 @@
     const prev = state.prevHeartbeat;
     if (prev && isNum(prev.watermark) && isNum(hb.watermark) && hb.wall > prev.wall) {
       const speed = (hb.watermark - prev.watermark) / (hb.wall - prev.wall);
-      if (speed > 5) {
-        tag.textContent = 'REPLAY';
+      tag.hidden = false;
+      if (speed >= 2) {
+        tag.textContent = `×${fmtCompact(speed)}`;
         tag.className = 'tag replay';
-        tag.title = `event time runs ×${fmtCompact(speed)} faster than the wall clock`;
+        tag.title = `event time runs ${fmtCompact(speed)} times faster than the wall clock (replay or generator pace)`;
       } else if (speed > 0) {
         tag.textContent = 'LIVE';
         tag.className = 'tag live';
@@ -836,6 +885,10 @@
       if (state.devSeen.size > 300000) state.devSeen.clear();
       state.devCounts.all += 1;
       if (state.devCounts[d.severity] != null) state.devCounts[d.severity] += 1;
+      const tc = state.typeCounts.get(d.type) || { n: 0, critical: 0, warning: 0, info: 0 };
+      tc.n += 1;
+      if (tc[d.severity] != null) tc[d.severity] += 1;
+      state.typeCounts.set(d.type, tc);
       if (fresh !== null) state.devArrivals.push(Date.now()); // live, not from a snapshot
       if (state.devArrivals.length > 5000) state.devArrivals.splice(0, state.devArrivals.length - 5000);
     } else if (state.devs.has(d.id)) {
@@ -882,6 +935,8 @@
       if (d.order_id) openOrder(d.order_id);
       else openDeviation(d.id);
     });
+    // Highlight a live arrival once (re-inserting the node would replay the animation).
+    li.addEventListener('animationend', () => li.classList.remove('fresh'), { once: true });
     devEls.set(d.id, li);
     return li;
   }
@@ -899,17 +954,44 @@
       items.push(devItem(d));
       if (items.length >= SHOWN_DEVS) break;
     }
+    // Keyed update: only new or re-ordered nodes are (re)inserted, so a highlight plays once.
     const list = $('#dev-list');
     const top = list.scrollTop;
-    list.replaceChildren(...items);
+    items.forEach((node, i) => {
+      if (list.children[i] !== node) list.insertBefore(node, list.children[i] || null);
+    });
+    while (list.children.length > items.length) list.lastElementChild.remove();
     list.scrollTop = top;
     for (const id of state.devOrder.slice(0, 20)) {
       const d = state.devs.get(id);
       if (d) d._fresh = false;
     }
+    renderTypeBars();
     const empty = $('#dev-empty');
     empty.hidden = items.length > 0;
     empty.textContent = state.devOrder.length ? 'No deviations match the filter.' : 'Waiting for deviations…';
+  }
+
+  function renderTypeBars() {
+    const types = Array.from(state.typeCounts.entries()).sort((a, b) => b[1].n - a[1].n);
+    const max = Math.max(1, ...types.map(([, t]) => t.n));
+    const rows = types.map(([type, t]) => {
+      const sev = t.critical ? 'critical' : t.warning ? 'warning' : 'info';
+      const row = h('div', {
+        class: `bar-row clickable${state.typeFilter === type ? ' selected' : ''}`,
+        title: `${t.critical} critical, ${t.warning} warning, ${t.info} info; click to filter the alerts`,
+      },
+      h('span', { class: 'lbl', text: devLabel(type) }),
+      h('span', { class: 'track' }, h('span', { class: `fill ${sev}`, style: `width:${((t.n / max) * 100).toFixed(1)}%` })),
+      h('span', { class: 'val', text: fmtCompact(t.n) }));
+      row.addEventListener('click', () => {
+        state.typeFilter = state.typeFilter === type ? '' : type;
+        $('#alert-type').value = state.typeFilter;
+        invalidate('devs');
+      });
+      return row;
+    });
+    $('#type-bars').replaceChildren(...(rows.length ? rows : [h('div', { class: 'empty small', text: 'No deviations yet.' })]));
   }
 
   // ------------------------------------------------------------------------------------------
@@ -918,8 +1000,9 @@
   function onActions(list) {
     const now = Date.now();
     const touched = new Set();
+    const quiet = state.actions.filter((a) => now - a.at < 10000).length < 10;
     for (const a of list) {
-      state.actions.unshift({ ...a, at: now, fresh: list.length <= 5 });
+      state.actions.unshift({ ...a, at: now, fresh: quiet && list.length <= 3 });
       state.actionsTotal += 1;
       const t = state.toolCounts.get(a.tool) || { done: 0, pending: 0 };
       if (a.status === 'pending_approval') t.pending += 1;
@@ -986,12 +1069,15 @@
     casesInFlight = true;
     lastCasesAt = Date.now();
     try {
-      const r = await api('/cases?limit=100');
+      // The overview shows a few; the Agents view a page of 100.
+      const r = await api(`/cases?limit=${state.view === 'agents' ? 100 : 14}`);
       state.cases = (r && r.items) || [];
       state.casesLoaded = true;
       invalidate('cases');
     } catch (e) {
-      // Kept as it was; the next actions message tries again.
+      // Kept as it was; the next actions message (or reconnect) tries again.
+      state.casesError = e.message;
+      invalidate('cases');
     } finally {
       casesInFlight = false;
       if (casesAgain) { casesAgain = false; scheduleCasesRefresh(); }
@@ -1012,6 +1098,7 @@
     });
     $('#recent-cases').replaceChildren(...recent);
     $('#cases-empty').hidden = recent.length > 0;
+    $('#cases-empty').textContent = !state.casesLoaded && state.casesError ? `Could not load cases: ${state.casesError}` : 'No cases yet.';
     if (state.view === 'agents') {
       const rows = state.cases.filter((c) => !state.caseFilter || c.status === state.caseFilter).map((c) => {
         const tr = h('tr', { dataset: { caseId: c.case_id } },
@@ -1453,7 +1540,7 @@
     const run = runs[runs.length - 1];
     const out = (run && run.output) || {};
     const pending = drawer.pending.has(c.case_id);
-    const conv = h('div', { class: 'conversation', testid: 'case-conversation', id: 'case-conversation' },
+    const conv = h('div', { class: 'conversation', testid: 'case-conversation', id: 'case-conversation', dataset: { caseId: c.case_id, pending: pending ? '1' : '' } },
       (c.messages || []).map((m) => h('div', { class: `msg ${m.role}`, dataset: { role: m.role, seq: m.seq } },
         h('span', { class: 'who', text: `${roleLabel(m.role)} · ${fmtWall(m.at)}` }),
         h('div', { class: 'body', text: m.body }))),
@@ -1464,7 +1551,7 @@
     const atBottom = !keepScroll || keepScroll.scrollHeight - keepScroll.scrollTop - keepScroll.clientHeight < 40;
     main.replaceChildren(h('div', { style: 'display:flex;flex-direction:column;gap:10px' },
       h('div', { class: 'case-head' },
-        h('span', { class: `badge ${c.status}`, testid: 'case-status', dataset: { status: c.status }, text: humanize(c.status) }),
+        h('span', { class: `badge ${c.status}`, testid: 'case-status', dataset: { status: c.status, caseId: c.case_id }, text: humanize(c.status) }),
         run ? h('span', { class: 'muted small', text: `${run.agent} · ${run.backend}` }) : null,
         h('span', { class: 'cid', text: c.case_id })),
       run ? h('div', { class: 'run-meta' },
@@ -1486,9 +1573,13 @@
     const note = noteInput.value.trim();
     if (note) body.note = note;
     btn.disabled = true;
-    btn.textContent = 'Starting…';
+    btn.textContent = 'Running…';
+    btn.dataset.state = 'running';
+    delete btn.dataset.caseId;
     try {
       const r = await api('/trigger-agent', { method: 'POST', body });
+      btn.dataset.state = 'done';
+      btn.dataset.caseId = r.case_id;
       const before = drawer.cases.get(r.case_id);
       drawer.pending.set(r.case_id, {
         messages: before ? (before.messages || []).length : 0,
@@ -1497,10 +1588,11 @@
       });
       if (!drawer.caseIds.some((c) => c.case_id === r.case_id)) drawer.caseIds.unshift({ case_id: r.case_id, status: r.status });
       noteInput.value = '';
-      toast(`Agent started on ${r.case_id} (${humanize(r.status)})`, 'ok');
+      toast(r.status === 'queued' ? `Agent queued on ${r.case_id}` : `Agent ran on ${r.case_id}: ${humanize(r.status)}`, 'ok');
       selectCase(r.case_id);
     } catch (e) {
-      toast(`Could not start the agent: ${e.message}`, 'err');
+      btn.dataset.state = 'failed';
+      toast(`Could not run the agent: ${e.message}`, 'err');
     } finally {
       btn.disabled = false;
       btn.textContent = 'Run agent';
@@ -1571,7 +1663,8 @@ Orders paid with a gift card are refunded to a new gift card within 2 business d
     try {
       const r = await api(`/kb/search${query({ q, k: 8, mode: $('#kb-mode').value, type: $('#kb-type').value, jurisdiction: $('#kb-jurisdiction').value })}`);
       if (seq !== kbSeq) return;
-      $('#kb-embedder').textContent = r.embedder ? `embedder ${r.embedder}` : '';
+      $('#kb-embedder').textContent = r.embedder ? `embedder ${String(r.embedder).split(':')[0]}` : '';
+      $('#kb-embedder').title = r.embedder || '';
       const hits = r.items || [];
       $('#kb-hits').replaceChildren(...hits.map((x, i) => kbHit(x, i)));
       const empty = $('#kb-empty');
@@ -1757,19 +1850,25 @@ Orders paid with a gift card are refunded to a new gift card within 2 business d
       $('#health-components').replaceChildren(h('div', { class: 'muted', text: state.healthError ? `GET /health: ${state.healthError}` : 'Loading…' }));
       return;
     }
+    const df = (hl.components || {}).dataflow || {};
+    if (!state.heartbeat && isNum(df.watermark_ms)) {
+      $('#watermark').textContent = fmtEvent(df.watermark_ms);
+      $('#lag').textContent = isNum(df.watermark_lag_ms) ? fmtDur(df.watermark_lag_ms) : '—';
+    }
     $('#health-meta').textContent = `v${hl.version || '?'} · up ${fmtDur((hl.uptime_s || 0) * 1000)} · checked ${fmtWall(lastHealthAt)}`;
     const comps = hl.components || {};
     const cards = Object.entries(comps).map(([name, c]) => {
       const obj = c && typeof c === 'object' ? c : { status: c };
       const st = String(obj.status || obj.state || '').toLowerCase();
-      const tone = /^(ok|running|up|connected|ready|healthy|live|open|enabled)$/.test(st) ? 'ok'
-        : /^(degraded|lagging|idle|starting|warn|warning|disabled|off|replaying|draining)$/.test(st) ? 'warn'
-          : st ? 'crit' : '';
+      const tone = /^(ok|running|up|connected|consuming|ready|healthy|live|open|enabled)$/.test(st) ? 'ok'
+        : /^(not_used|disabled|off|finished|none)$/.test(st) ? ''
+          : /^(degraded|lagging|idle|starting|warn|warning|replaying|draining)$/.test(st) ? 'warn'
+            : st ? 'crit' : '';
       const pairs = [];
       const walk = (o, prefix) => {
         for (const [k, v] of Object.entries(o)) {
           if (k === 'status' && !prefix) continue;
-          if (v && typeof v === 'object' && !Array.isArray(v)) { walk(v, `${prefix}${k}.`); continue; }
+          if (v && typeof v === 'object' && !Array.isArray(v)) { walk(v, `${prefix}${humanize(k)} · `); continue; }
           let val = Array.isArray(v) ? v.join(', ') : v;
           if (isNum(v) && /_ms$/.test(k) && /lag|latency|age|uptime/.test(k)) val = fmtDur(v);
           else if (isNum(v) && /(_ms|_at)$/.test(k) && v > 1e11) val = `${fmtEvent(v, true)}`;
@@ -1779,7 +1878,8 @@ Orders paid with a gift card are refunded to a new gift card within 2 business d
       };
       walk(obj, '');
       return h('div', { class: 'health-card', dataset: { component: name } },
-        h('div', { class: 'hc-head' }, h('span', { text: humanize(name) }), st ? h('span', { class: `badge ${tone}`, text: st }) : null),
+        h('div', { class: 'hc-head' }, h('span', { text: name === 'kb' ? 'Knowledge base' : name === 'websocket' ? 'WebSockets' : humanize(name).replace(/^./, (c) => c.toUpperCase()) }),
+          st ? h('span', { class: `badge ${tone}`, text: humanize(st) }) : null),
         kvList(pairs.slice(0, 14)));
     });
     $('#health-components').replaceChildren(...cards);
@@ -1796,7 +1896,7 @@ Orders paid with a gift card are refunded to a new gift card within 2 business d
     for (const sec of $$('main > .view')) sec.hidden = sec.dataset.view !== view;
     for (const a of $$('#tabs a')) a.classList.toggle('active', a.dataset.view === view);
     if (view === 'orders' && !ordersLoaded) loadOrders();
-    if (view === 'agents') { invalidate('cases', 'actions'); if (!state.casesLoaded) scheduleCasesRefresh(); }
+    if (view === 'agents') { invalidate('cases', 'actions'); if (state.cases.length < 100) scheduleCasesRefresh(); }
     if (view === 'settings') { loadThresholds(true); invalidate('health'); }
     if (view === 'knowledge') setTimeout(() => $('#kb-query').focus(), 0);
   }

@@ -327,25 +327,20 @@ impl CaseStore {
 
     /// Adds a message to a case's conversation; returns its sequence number.
     pub async fn add_message(&self, case_id: &str, role: &str, body: &str) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        // One statement: a read-then-write transaction would fail at once on SQLite ("database
+        // is locked") whenever another connection committed in between.
         let seq: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM case_messages WHERE case_id = $1",
+            "INSERT INTO case_messages (case_id, seq, role, body, at) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM case_messages \
+             WHERE case_id = $1 RETURNING seq",
         )
         .bind(case_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO case_messages (case_id, seq, role, body, at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(case_id)
-        .bind(seq)
         .bind(role)
         .bind(body)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .fetch_one(&self.pool)
         .await
         .with_context(|| format!("no case {case_id}"))?;
-        tx.commit().await?;
         Ok(seq)
     }
 

@@ -345,13 +345,8 @@ fn run_worker(
                             .give_iterator(out.risk.drain(..));
                     }
                 }
-                if !out.deviations.is_empty() {
-                    order_counters
-                        .deviations
-                        .fetch_add(out.deviations.len() as u64, Ordering::Relaxed);
-                    let _ = order_sink
-                        .send(SinkMessage::Deviations(std::mem::take(&mut out.deviations)));
-                }
+                // Events before the deviations they caused, so the server's order view has the
+                // order when its deviation arrives.
                 if !out.applied.is_empty() {
                     let _ =
                         order_sink.send(SinkMessage::OrderEvents(std::mem::take(&mut out.applied)));
@@ -360,6 +355,13 @@ fn run_worker(
                     order_counters
                         .duplicates
                         .fetch_add(std::mem::take(&mut out.duplicates), Ordering::Relaxed);
+                }
+                if !out.deviations.is_empty() {
+                    order_counters
+                        .deviations
+                        .fetch_add(out.deviations.len() as u64, Ordering::Relaxed);
+                    let _ = order_sink
+                        .send(SinkMessage::Deviations(std::mem::take(&mut out.deviations)));
                 }
                 live.set(state.live_orders());
                 for cap in caps.iter_mut() {

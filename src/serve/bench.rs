@@ -5,21 +5,26 @@
 //! key), and the load sizes. Everything runs on loopback; the child and its temp dir are removed at
 //! the end. Out: one JSON value with
 //! - `ws`: `subscribers` clients on `/ws/kpi`, `stalled_fraction` of them never read their socket
-//!   (4 KiB receive buffer). The fast ones parse every message; delivery latency is the local
-//!   wall clock at receipt minus the server's wall clock on the message (`sent_wall` on `kpis`
-//!   deltas, `wall` on heartbeats), p50/p99/max over the measured `seconds` (after every client
-//!   has connected). Also messages and bytes received, fast clients the server dropped (should be
+//!   (4 KiB receive buffer); no client limits message sizes. The fast ones parse every message;
+//!   delivery latency is the local wall clock at receipt minus the server's wall clock on the
+//!   message (`sent_wall` on `kpis` deltas, `wall` on heartbeats), p50/p99/max over the measured
+//!   `seconds` (after every client has connected), and how long connecting took. Also messages and bytes received, fast clients the server dropped (should be
 //!   none), and stalled clients the server disconnected: as the clients see it (close 1008 or end
 //!   of stream when their backlog is finally read) and `fulfillment_ws_dropped_total` of `/metrics`.
 //! - `rest`: open-loop constant-rate load, `rest_rate` requests/s for `rest_seconds`, round robin
 //!   over `GET /kpis`, `/deviations?limit=20`, `/health`, `/orders?limit=20`. Request `i` is due at
 //!   `start + i / rest_rate` and its latency is measured from that due time (a request that waits
 //!   for a free connection because the server is slow counts the wait: no coordinated omission);
-//!   `service_ms` is from the actual send. p50/p99/max overall and per endpoint, and errors.
+//!   `service_ms` is from the actual send. p50/p99/max overall and per endpoint, and errors. A
+//!   server far behind is not waited for: requests not sent 10 s after the schedule ends count
+//!   as errors with the latency they had reached (`latency_is_lower_bound`).
 //! - `wrk`: when `wrk` is on PATH, the same mix closed-loop at full speed for `rest_seconds` (wrk
 //!   has no rate limit, so this is saturation throughput and latency, wrk's own numbers).
 //! - `rss_mb`: the server's VmRSS (`/proc/PID/status`), sampled every second: at start of load,
-//!   peak per phase, overall peak, and final.
+//!   peak per phase, overall peak, and final. The WebSocket phase stops early (`ws.aborted`) if
+//!   the server's RSS passes half the memory available at start.
+//! - `cpu_seconds` per phase, of the server and of the benchmark's own clients (they share the
+//!   machine's cores, so a busy client inflates the latencies it measures).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -37,6 +42,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -103,6 +109,7 @@ pub fn run(opts: &ServeBenchOptions) -> Result<Value> {
     if opts.rest_seconds > 0 && opts.rest_rate == 0 {
         bail!("REST rate 0 with {} REST seconds", opts.rest_seconds);
     }
+    let load_at_start = load_average();
     let mut server = ServerProcess::start(&opts.binary)?;
     let rss = RssSampler::start(server.pid);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -119,10 +126,18 @@ pub fn run(opts: &ServeBenchOptions) -> Result<Value> {
             .context("HTTP client")?;
         wait_healthy(&http, &server).await?;
         let at_start = rss.now_mb();
+        let guard = MemoryGuard {
+            pid: server.pid,
+            limit_mb: mem_available_mb().map(|mb| mb / 2.0),
+        };
         let t_ws = rss.elapsed();
-        let ws = ws_phase(&http, server.addr, opts).await?;
+        let cpu = CpuMark::new(server.pid);
+        let mut ws = ws_phase(&http, server.addr, opts, &guard).await?;
+        ws["cpu_seconds"] = cpu.since();
         let t_rest = rss.elapsed();
-        let rest = rest_phase(&http, server.addr, opts.rest_rate, opts.rest_seconds).await?;
+        let cpu = CpuMark::new(server.pid);
+        let mut rest = rest_phase(&http, server.addr, opts.rest_rate, opts.rest_seconds).await?;
+        rest["cpu_seconds"] = cpu.since();
         let t_wrk = rss.elapsed();
         let wrk = wrk_phase(server.addr, opts.rest_seconds, &server.dir.0).await;
         let t_end = rss.elapsed();
@@ -156,6 +171,7 @@ pub fn run(opts: &ServeBenchOptions) -> Result<Value> {
     let still_running = server.running();
     drop(server);
     Ok(json!({
+        "load_average": {"at_start": load_at_start, "at_end": load_average()},
         "server": {
             "command": format!(
                 "{} run --source default --rate {SERVER_RATE} --listen 127.0.0.1:0 --no-agents --out TMP",
@@ -430,6 +446,74 @@ impl RssSampler {
     }
 }
 
+/// The WebSocket phase stops early when the server's RSS passes `limit_mb`.
+struct MemoryGuard {
+    pid: u32,
+    limit_mb: Option<f64>,
+}
+
+/// The 1, 5 and 15 minute load averages (other work on the machine skews the numbers).
+fn load_average() -> Option<Value> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .take(3)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Some(json!(v))
+}
+
+/// MemAvailable of the machine in MB.
+fn mem_available_mb() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0 / 1e6)
+}
+
+/// User + system CPU seconds of a process (`self` for this one), all threads, from
+/// `/proc/PID/stat` (clock ticks of 1/100 s, the Linux value of `USER_HZ`).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3, `state`.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds of the server and of this (client) process from a starting point.
+struct CpuMark {
+    server_pid: String,
+    wall: Instant,
+    server: Option<f64>,
+    client: Option<f64>,
+}
+
+impl CpuMark {
+    fn new(server_pid: u32) -> CpuMark {
+        let server_pid = server_pid.to_string();
+        CpuMark {
+            server: cpu_seconds(&server_pid),
+            client: cpu_seconds("self"),
+            server_pid,
+            wall: Instant::now(),
+        }
+    }
+
+    fn since(&self) -> Value {
+        let diff = |before: Option<f64>, now: Option<f64>| match (before, now) {
+            (Some(b), Some(n)) => Some(round3(n - b)),
+            _ => None,
+        };
+        json!({
+            "wall": round3(self.wall.elapsed().as_secs_f64()),
+            "server": diff(self.server, cpu_seconds(&self.server_pid)),
+            "bench_client": diff(self.client, cpu_seconds("self")),
+        })
+    }
+}
+
 /// VmRSS of a process in MB (10^6 bytes).
 fn rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -469,6 +553,8 @@ struct FastStats {
     unparsed: u64,
     kpis_without_sent_wall: u64,
     bytes: u64,
+    /// Size of every snapshot received, measuring or not.
+    snapshot_bytes: Vec<f64>,
     /// Set when the server ended the connection (a fast client should never be dropped).
     ended: Option<String>,
 }
@@ -480,7 +566,11 @@ async fn connect_ws(addr: SocketAddr, url: &str, recv_buffer: Option<u32>) -> Re
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    // No size limits of our own: the benchmark reports what the server sends, however large.
+    let config = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     Ok(ws)
 }
 
@@ -488,6 +578,7 @@ async fn ws_phase(
     http: &reqwest::Client,
     addr: SocketAddr,
     opts: &ServeBenchOptions,
+    guard: &MemoryGuard,
 ) -> Result<Value> {
     let n = opts.subscribers;
     let n_stalled = ((n as f64 * opts.stalled_fraction).round() as usize).min(n);
@@ -561,13 +652,31 @@ async fn ws_phase(
         handles.push(task);
     }
     let connect_seconds = connect_started.elapsed().as_secs_f64();
+    let rss_connected = rss_mb(guard.pid);
 
-    // Measure.
+    // Measure (ending early if the server's memory would endanger the machine).
     measuring.store(true, Ordering::Relaxed);
     let measure_started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(opts.seconds)).await;
+    let until = measure_started + Duration::from_secs(opts.seconds);
+    let mut aborted = None;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(200))).await;
+        if let (Some(limit), Some(mb)) = (guard.limit_mb, rss_mb(guard.pid)) {
+            if mb > limit {
+                aborted = Some(format!(
+                    "stopped early: server RSS {mb:.0} MB above {limit:.0} MB (half the memory available at start)"
+                ));
+                break;
+            }
+        }
+    }
     let _ = stop_tx.send(true);
     let measured_seconds = measure_started.elapsed().as_secs_f64();
+    let rss_measured = rss_mb(guard.pid);
     let mut all = FastStats::default();
     let mut fast_ended = Vec::new();
     let mut n_fast_ended = 0usize;
@@ -589,6 +698,7 @@ async fn ws_phase(
             all.unparsed += s.unparsed;
             all.kpis_without_sent_wall += s.kpis_without_sent_wall;
             all.bytes += s.bytes;
+            all.snapshot_bytes.extend(s.snapshot_bytes);
         }
     }
     // The server's count before the stalled clients start reading.
@@ -624,6 +734,12 @@ async fn ws_phase(
         "connect_error_examples": connect_errors,
         "connect_seconds": round3(connect_seconds),
         "measured_seconds": round3(measured_seconds),
+        "server_rss_mb": {
+            "all_connected": rss_connected.map(round3),
+            "end_of_measurement": rss_measured.map(round3),
+        },
+        "snapshot_bytes": summary(all.snapshot_bytes),
+        "aborted": aborted,
         "messages": {
             "snapshot": all.snapshots,
             "kpis": all.kpis,
@@ -679,6 +795,10 @@ async fn read_fast(
             Some(Ok(_)) => continue,
         };
         let received = wall_ms();
+        // Snapshots are sized whenever they come (the first one arrives while connecting).
+        if text.as_str().starts_with(r#"{"type":"snapshot""#) {
+            s.snapshot_bytes.push(text.len() as f64);
+        }
         if !measuring.load(Ordering::Relaxed) {
             continue;
         }
@@ -729,11 +849,17 @@ async fn drain_stalled(mut ws: Ws) -> (String, bool) {
 // ---------------------------------------------------------------------------------------------
 // REST at a constant rate
 
+/// Time the REST load may run past its schedule before requests are no longer sent.
+const REST_GRACE: Duration = Duration::from_secs(10);
+/// Error kind of a request not sent because the server was too far behind the schedule.
+const NOT_SENT: &str = "not sent: server behind schedule at the deadline";
+
 /// One request: endpoint index, latency from its due time and from its send (µs), error kind.
 struct Sample {
     path: usize,
     latency_us: u64,
-    service_us: u64,
+    /// None for a request not sent before the deadline.
+    service_us: Option<u64>,
     error: Option<String>,
 }
 
@@ -763,6 +889,9 @@ async fn rest_phase(
 
     let period_ns = 1e9 / f64::from(rate);
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    // A server that falls behind the schedule is not waited for beyond this: requests still
+    // unsent then count with the latency they had reached (a lower bound).
+    let deadline = start + Duration::from_secs(seconds) + REST_GRACE;
     let next = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..connections)
         .map(|_| {
@@ -778,6 +907,15 @@ async fn rest_phase(
                     tokio::time::sleep_until(due).await;
                     let path = (i % REST_PATHS.len() as u64) as usize;
                     let sent = tokio::time::Instant::now();
+                    if sent > deadline {
+                        samples.push(Sample {
+                            path,
+                            latency_us: (sent - due).as_micros() as u64,
+                            service_us: None,
+                            error: Some(NOT_SENT.into()),
+                        });
+                        continue;
+                    }
                     let error = match http
                         .get(format!("http://{addr}{}", REST_PATHS[path]))
                         .send()
@@ -797,7 +935,7 @@ async fn rest_phase(
                     samples.push(Sample {
                         path,
                         latency_us: (done - due).as_micros() as u64,
-                        service_us: (done - sent).as_micros() as u64,
+                        service_us: Some((done - sent).as_micros() as u64),
                         error,
                     });
                 }
@@ -819,6 +957,8 @@ async fn rest_phase(
         }
     }
     let n_errors: usize = errors.values().sum();
+    let sent = samples.iter().filter(|s| s.service_us.is_some()).count();
+    let completed = samples.iter().filter(|s| s.error.is_none()).count();
     let mut per_endpoint = serde_json::Map::new();
     for (p, path) in REST_PATHS.iter().enumerate() {
         let of: Vec<&Sample> = samples.iter().filter(|s| s.path == p).collect();
@@ -828,7 +968,7 @@ async fn rest_phase(
                 "requests": of.len(),
                 "errors": of.iter().filter(|s| s.error.is_some()).count(),
                 "latency_ms": summary(of.iter().map(|s| ms(s.latency_us)).collect()),
-                "service_ms": summary(of.iter().map(|s| ms(s.service_us)).collect()),
+                "service_ms": summary(of.iter().filter_map(|s| s.service_us.map(ms)).collect()),
             }),
         );
     }
@@ -837,12 +977,14 @@ async fn rest_phase(
         "seconds": seconds,
         "connections": connections,
         "requests": samples.len(),
+        "sent": sent,
         "errors": n_errors,
         "error_kinds": errors,
         "elapsed_seconds": round3(elapsed),
-        "achieved_rate": round3(samples.len() as f64 / elapsed),
+        "achieved_rate": round3(completed as f64 / elapsed),
+        "latency_is_lower_bound": sent < samples.len(),
         "latency_ms": summary(samples.iter().map(|s| ms(s.latency_us)).collect()),
-        "service_ms": summary(samples.iter().map(|s| ms(s.service_us)).collect()),
+        "service_ms": summary(samples.iter().filter_map(|s| s.service_us.map(ms)).collect()),
         "per_endpoint": per_endpoint,
     }))
 }
