@@ -14,7 +14,15 @@ mod postgres;
 
 fn run_job(out: &Path, database: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_fulfillment-ai"))
-        .args(["run", "--source", "superstore", "--out"])
+        // A free port: the server runs alongside and stops when the replay ends.
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--source",
+            "superstore",
+            "--out",
+        ])
         .arg(out)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("DATABASE_URL", database)

@@ -497,6 +497,8 @@ fn produce_and_run_commands_work_against_the_broker() {
     let out = broker.data_dir().join("cli-out");
     let ran = run(&[
         "run",
+        "--listen",
+        "127.0.0.1:0",
         "--source",
         "kafka",
         "--until-end",

@@ -408,6 +408,19 @@ impl OfflineBackend {
                 );
                 message = format!("Order {order} is taking longer to leave our warehouse than promised. We have moved it to the next available warehouse and will send tracking as soon as it ships.");
             }
+            // A segment-level deviation (a KPI breach): no order, no customer to write to.
+            (AgentKind::Shipment, _) if d.order_id.is_none() => {
+                let segment: serde_json::Map<String, serde_json::Value> = d
+                    .context
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v.as_str())))
+                    .collect();
+                add(Tool::ContactCarrier, json!({"segment": segment}));
+                message = format!(
+                    "Operations note: {}. The carriers serving this segment have been contacted to recover delivery times.",
+                    d.summary
+                );
+            }
             (AgentKind::Shipment, _) => {
                 add(Tool::ContactCarrier, json!({"order_id": order}));
                 add(Tool::RescheduleShipment, json!({"order_id": order}));
@@ -420,7 +433,10 @@ impl OfflineBackend {
             (AgentKind::CustomerService, _) => {
                 add(Tool::DraftCustomerMessage, json!({"template": "apology"}));
                 add(Tool::CreateTicket, json!({"priority": "P3"}));
-                message = format!("We are sorry about the trouble with order {order}. A member of our team is looking into it.");
+                message = match &d.order_id {
+                    Some(o) => format!("We are sorry about the trouble with order {o}. A member of our team is looking into it."),
+                    None => format!("Operations note: {}. A member of the team is looking into it.", d.summary),
+                };
             }
             (AgentKind::Escalation, _) => {
                 let priority = match d.severity {
@@ -433,9 +449,15 @@ impl OfflineBackend {
                     json!({"priority": priority, "summary": d.summary}),
                 );
                 add(Tool::RequestHumanApproval, json!({"reason": d.summary}));
-                message = format!(
-                    "Your case about order {order} has been passed to a senior member of our team."
-                );
+                message = match &d.order_id {
+                    Some(o) => format!(
+                        "Your case about order {o} has been passed to a senior member of our team."
+                    ),
+                    None => format!(
+                        "Operations note: {}. Passed to a senior member of the team.",
+                        d.summary
+                    ),
+                };
             }
         }
         let rationale = if req.computed.is_empty() {
