@@ -260,6 +260,8 @@ fn rest_api_answers_from_the_running_job() {
     // runs the agent again with the operator's note, a follow-up continues the conversation.
     let case = job.get(&format!("/cases/{case_id}")).json();
     let runs_before = case["runs"].as_array().unwrap().len();
+    let actions_before = case["actions"].as_array().unwrap().clone();
+    assert!(!actions_before.is_empty(), "{case}");
     assert!(runs_before >= 1, "{case}");
     assert_eq!(case["runs"][0]["agent"], "payment");
     let trigger = json!({"deviation_id": case_id, "note": "Customer called twice about this."});
@@ -289,6 +291,12 @@ fn rest_api_answers_from_the_running_job() {
         "{roles:?}"
     );
     assert_eq!(conv["runs"].as_array().unwrap().len(), runs_before + 2);
+    // The offline payment agent proposes the same retry again: it is not carried out twice.
+    assert_eq!(
+        conv["actions"].as_array().unwrap(),
+        &actions_before,
+        "{conv}"
+    );
     let same = job.get(&format!("/agent-response/{case_id}")).json();
     assert_eq!(same["messages"], conv["messages"]);
     job.send(

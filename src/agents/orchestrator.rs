@@ -178,8 +178,19 @@ async fn record_batches(
     mut rx: mpsc::UnboundedReceiver<ToRecord>,
     actions: crossbeam_channel::Sender<ActionMessage>,
 ) {
-    let mut batch = Vec::new();
+    let mut batch: Vec<ToRecord> = Vec::new();
     while rx.recv_many(&mut batch, 512).await > 0 {
+        // A case worked on again (a follow-up) does not repeat an action it already has: the
+        // same tool with the same parameters was carried out (or is awaiting approval).
+        for r in batch.iter_mut().filter(|r| r.finished.reopen) {
+            if let Ok(existing) = store.action_records(&r.finished.run.case_id).await {
+                r.finished.actions.retain(|a| {
+                    !existing
+                        .iter()
+                        .any(|e| e.tool == a.tool && e.params == a.params)
+                });
+            }
+        }
         let runs: Vec<FinishedRun> = batch.iter().map(|r| r.finished.clone()).collect();
         let recorded = match store.finish_runs(&runs).await {
             Ok(r) => r,
