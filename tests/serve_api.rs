@@ -30,12 +30,21 @@ fn start(dir: &std::path::Path) -> RunningJob {
         &["--source", "default", "--config", config.to_str().unwrap()],
         &[("FULFILLMENT_API_KEY", KEY)],
     );
-    // Ready once the whole replay is processed: the watermark is in the live part.
+    // Ready once the whole replay is processed (the watermark is in the live part) and the
+    // collector, which may trail the dataflow, has handed the replay's KPIs to the live view.
     job.wait_for_health(Duration::from_secs(240), |h| {
         h["components"]["dataflow"]["watermark_ms"]
             .as_i64()
             .is_some_and(|w| w > LIVE_FROM_MS)
     });
+    let started = Instant::now();
+    while job.get("/kpis/history?kpi=on_time_rate").status != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no global on-time series"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     job
 }
 
@@ -322,9 +331,14 @@ fn rest_api_answers_from_the_running_job() {
     .problem(404);
     let recent = job.get("/cases?limit=5").json();
     assert_eq!(items(&recent).len(), 5);
+    let of_order = job.get(&format!("/cases?order_id={order_id}")).json();
     assert!(
-        items(&recent).iter().any(|c| c["case_id"] == case_id),
-        "{recent}"
+        items(&of_order).iter().all(|c| c["order_id"] == order_id),
+        "{of_order}"
+    );
+    assert!(
+        items(&of_order).iter().any(|c| c["case_id"] == case_id),
+        "{of_order}"
     );
 
     // Knowledge base: search, a rejected upload with its reason, an accepted one found next.

@@ -6,11 +6,9 @@
 //! the way. Screenshots land in `<target>/test-output/`.
 
 mod browser;
+mod serving;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use browser::Browser;
@@ -19,99 +17,6 @@ use serde_json::Value;
 /// The API key the job requires (mutating endpoints and WebSockets); the page gets it as
 /// `?token=`.
 const TOKEN: &str = "dashboard-test-key";
-
-/// A running `fulfillment-ai run`, killed on drop.
-struct Job {
-    child: Child,
-    /// `http://127.0.0.1:PORT/`
-    base: String,
-    stdout: Arc<Mutex<Vec<String>>>,
-    log: PathBuf,
-}
-
-impl Job {
-    fn start(dir: &Path) -> Job {
-        let log = dir.join("job.stderr.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fulfillment-ai"))
-            .args([
-                "run",
-                "--source",
-                "default",
-                "--listen",
-                "127.0.0.1:0",
-                "--out",
-            ])
-            .arg(dir.join("out"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("DATABASE_URL", dir.join("agents.sqlite"))
-            .env("FULFILLMENT_API_KEY", TOKEN)
-            .env("FULFILLMENT_LLM_BACKEND", "offline")
-            .env("OPENAI_API_KEY", "")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("create the job's log"))
-            .spawn()
-            .expect("start fulfillment-ai run");
-        let out = child.stdout.take().expect("piped stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let lines = lines.clone();
-            // Reads stdout to the end, so the job never blocks on a full pipe.
-            std::thread::spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(addr) = line.trim().strip_prefix("dashboard ") {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(addr.trim().to_string());
-                        }
-                    }
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        let mut job = Job {
-            child,
-            base: String::new(),
-            stdout: lines,
-            log,
-        };
-        match rx.recv_timeout(Duration::from_secs(180)) {
-            Ok(base) => job.base = base,
-            Err(_) => panic!(
-                "no `dashboard http://...` line within 180 s\n{}",
-                job.diagnostics()
-            ),
-        }
-        assert!(
-            job.base.starts_with("http://127.0.0.1:") && job.base.ends_with('/'),
-            "dashboard address `{}`",
-            job.base
-        );
-        job
-    }
-
-    fn diagnostics(&self) -> String {
-        let stderr = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
-        format!(
-            "job stdout:\n{}\njob stderr (last lines):\n{}",
-            self.stdout.lock().unwrap().join("\n"),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        )
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.diagnostics());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `<target>/test-output`, created.
 fn output_dir() -> PathBuf {
@@ -140,10 +45,14 @@ const AGENT_REPLIES: &str =
 async fn dashboard_shows_live_kpis_and_drives_an_agent_from_an_order_drill_down() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let job = Job::start(dir.path());
+    let job = serving::RunningJob::start(
+        dir.path(),
+        &["--source", "default"],
+        &[("FULFILLMENT_API_KEY", TOKEN), ("OPENAI_API_KEY", "")],
+    );
     let browser = Browser::launch().await.expect("launch Chromium");
     let secs = |s| Duration::from_secs(s);
-    let page = format!("{}?token={TOKEN}", job.base);
+    let page = format!("http://{}/?token={TOKEN}", job.addr);
     browser.navigate(&page).await.unwrap();
 
     // KPI cards: all 16, filled with values, and updated live.

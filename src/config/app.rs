@@ -55,7 +55,8 @@ pub struct ServeConfig {
     pub cors_origins: Vec<String>,
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
-    /// Messages queued per WebSocket client before KPI deltas coalesce.
+    /// Batches (50 ms of updates each) the WebSocket broadcast ring keeps for slow readers; a KPI
+    /// client further behind gets a fresh snapshot, a deviation client is disconnected.
     pub ws_buffer: usize,
     /// A WebSocket client whose queue stays full this long is disconnected.
     pub ws_stall_limit: Duration,
@@ -76,7 +77,7 @@ impl Default for ServeConfig {
             protect_reads: false,
             cors_origins: Vec::new(),
             max_body_bytes: 1 << 20,
-            ws_buffer: 256,
+            ws_buffer: 64,
             ws_stall_limit: Duration(10_000),
             heartbeat: Duration(5_000),
             keep_deviations: 100_000,

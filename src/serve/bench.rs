@@ -3,7 +3,8 @@
 //! In: the `fulfillment-ai` binary ([`ServeBenchOptions::binary`]), started as a child process
 //! (`run --source default --rate 2000 --listen 127.0.0.1:0 --no-agents --out <temp dir>`, no API
 //! key), and the load sizes. Everything runs on loopback; the child and its temp dir are removed at
-//! the end. Out: one JSON value with
+//! the end. The load starts once the server's input rate is down to the live rate (`warm_up`:
+//! the Superstore history is replayed first at full speed). Out: one JSON value with
 //! - `ws`: `subscribers` clients on `/ws/kpi`, `stalled_fraction` of them never read their socket
 //!   (4 KiB receive buffer); no client limits message sizes. The fast ones parse every message;
 //!   delivery latency is the local wall clock at receipt minus the server's wall clock on the
@@ -62,6 +63,8 @@ const STALLED_RECV_BUFFER: u32 = 4096;
 /// WebSocket handshakes in flight at once while connecting the subscribers.
 const CONNECTS_IN_FLIGHT: usize = 64;
 const SERVER_START: Duration = Duration::from_secs(180);
+/// Longest wait for the history replay to end before the load starts.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(120);
 /// How long the stalled clients' backlog is read at the end to see how each connection ended.
 const STALLED_DRAIN: Duration = Duration::from_secs(15);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,6 +128,7 @@ pub fn run(opts: &ServeBenchOptions) -> Result<Value> {
             .build()
             .context("HTTP client")?;
         wait_healthy(&http, &server).await?;
+        let warm_up = warm_up(&http, server.addr).await?;
         let at_start = rss.now_mb();
         let guard = MemoryGuard {
             pid: server.pid,
@@ -142,16 +146,10 @@ pub fn run(opts: &ServeBenchOptions) -> Result<Value> {
         let wrk = wrk_phase(server.addr, opts.rest_seconds, &server.dir.0).await;
         let t_end = rss.elapsed();
         let metrics = get_text(&http, server.addr, "/metrics").await.ok();
-        anyhow::Ok((
-            ws,
-            rest,
-            wrk,
-            at_start,
-            [t_ws, t_rest, t_wrk, t_end],
-            metrics,
-        ))
+        let phases = json!({"warm_up": warm_up, "ws": ws, "rest": rest, "wrk": wrk});
+        anyhow::Ok((phases, at_start, [t_ws, t_rest, t_wrk, t_end], metrics))
     });
-    let (ws, rest, wrk, at_start, [t_ws, t_rest, t_wrk, t_end], metrics) = match outcome {
+    let (phases, at_start, [t_ws, t_rest, t_wrk, t_end], metrics) = match outcome {
         Ok(o) => o,
         Err(e) => {
             let detail = server.diagnostics();
@@ -181,9 +179,10 @@ pub fn run(opts: &ServeBenchOptions) -> Result<Value> {
             "still_running_at_end": still_running,
             "ws_dropped_total_at_end": metrics.as_deref().map(ws_dropped),
         },
-        "ws": ws,
-        "rest": rest,
-        "wrk": wrk,
+        "warm_up": phases["warm_up"],
+        "ws": phases["ws"],
+        "rest": phases["rest"],
+        "wrk": phases["wrk"],
         "rss_mb": {
             "at_start": at_start.map(round3),
             "peak_ws": peak_between(t_ws, t_rest).map(round3),
@@ -349,6 +348,37 @@ async fn wait_healthy(http: &reqwest::Client, server: &ServerProcess) -> Result<
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!("/health did not answer 200 within 60 s (last: {last})")
+}
+
+/// Waits until the server's input rate has come down to the live generator's (the Superstore
+/// history is replayed first at full speed), so the load phases measure the steady state.
+async fn warm_up(http: &reqwest::Client, addr: SocketAddr) -> Result<Value> {
+    let started = Instant::now();
+    let received = || async {
+        let text = get_text(http, addr, "/health").await?;
+        let v: Value = serde_json::from_str(&text).context("/health is not JSON")?;
+        v["components"]["dataflow"]["events_received"]
+            .as_f64()
+            .context("/health has no components.dataflow.events_received")
+    };
+    let mut before = received().await?;
+    let mut rate = f64::INFINITY;
+    while started.elapsed() < WARM_UP_LIMIT {
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = received().await?;
+        rate = (now - before) / t.elapsed().as_secs_f64();
+        before = now;
+        if rate <= 1.5 * f64::from(SERVER_RATE) {
+            break;
+        }
+    }
+    Ok(json!({
+        "seconds": round3(started.elapsed().as_secs_f64()),
+        "events_received": before,
+        "events_per_s_at_end": round3(rate),
+        "steady": rate <= 1.5 * f64::from(SERVER_RATE),
+    }))
 }
 
 async fn get_text(http: &reqwest::Client, addr: SocketAddr, path: &str) -> Result<String> {
@@ -795,15 +825,16 @@ async fn read_fast(
             Some(Ok(_)) => continue,
         };
         let received = wall_ms();
+        let parsed = serde_json::from_str::<WsMessage>(text.as_str());
         // Snapshots are sized whenever they come (the first one arrives while connecting).
-        if text.as_str().starts_with(r#"{"type":"snapshot""#) {
+        if parsed.as_ref().is_ok_and(|m| m.kind == "snapshot") {
             s.snapshot_bytes.push(text.len() as f64);
         }
         if !measuring.load(Ordering::Relaxed) {
             continue;
         }
         s.bytes += text.len() as u64;
-        let Ok(m) = serde_json::from_str::<WsMessage>(text.as_str()) else {
+        let Ok(m) = parsed else {
             s.unparsed += 1;
             continue;
         };
@@ -1109,7 +1140,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
-/// Count, p50, p99, max and mean of a sample (milliseconds in, milliseconds out).
+/// Count, p50, p99, max and mean of a sample (in the sample's unit).
 fn summary(mut v: Vec<f64>) -> Value {
     if v.is_empty() {
         return json!({"samples": 0});

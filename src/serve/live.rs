@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use compact_str::CompactString;
@@ -279,19 +279,31 @@ fn push_capped<T>(q: &mut VecDeque<T>, item: T) {
 }
 
 #[derive(Default)]
-struct Inner {
+struct KpiState {
     series: HashMap<SeriesKey, Series>,
+}
+
+#[derive(Default)]
+struct DeviationState {
     /// Oldest first.
     deviations: VecDeque<Arc<Deviation>>,
-    deviation_index: HashMap<String, Arc<Deviation>>,
+    index: HashMap<String, Arc<Deviation>>,
+}
+
+#[derive(Default)]
+struct OrderViews {
     orders: HashMap<CompactString, OrderView>,
     /// seq -> order id; the smallest is the least recently active.
     recency: BTreeMap<u64, CompactString>,
     next_seq: u64,
-    /// Waiting for the next publish: KPI records by key (coalesced), deviations, actions.
-    pending_kpis: HashMap<String, KpiRecord>,
-    pending_deviations: Vec<Arc<Deviation>>,
-    pending_actions: Vec<ActionMessage>,
+}
+
+/// Waiting for the next publish: KPI records by key (coalesced), deviations, actions.
+#[derive(Default)]
+struct Pending {
+    kpis: HashMap<String, KpiRecord>,
+    deviations: Vec<Arc<Deviation>>,
+    actions: Vec<ActionMessage>,
 }
 
 /// A batch of KPI updates as broadcast to WebSocket clients.
@@ -313,6 +325,14 @@ pub enum DeviationPush {
     },
 }
 
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The live state; see the module doc.
 pub struct LiveView {
     pub counters: Arc<SharedCounters>,
@@ -320,7 +340,12 @@ pub struct LiveView {
     finished: AtomicBool,
     keep_deviations: usize,
     keep_orders: usize,
-    inner: Mutex<Inner>,
+    // One lock per area, so a query on orders never waits for a batch of KPI updates. Where
+    // two are held, orders come before deviations.
+    kpis: RwLock<KpiState>,
+    deviations: RwLock<DeviationState>,
+    orders: RwLock<OrderViews>,
+    pending: Mutex<Pending>,
     kpi_tx: broadcast::Sender<Arc<KpiPush>>,
     deviation_tx: broadcast::Sender<Arc<DeviationPush>>,
 }
@@ -345,14 +370,17 @@ impl LiveView {
             finished: AtomicBool::new(false),
             keep_deviations: keep_deviations.max(1),
             keep_orders: keep_orders.max(1),
-            inner: Mutex::default(),
+            kpis: RwLock::default(),
+            deviations: RwLock::default(),
+            orders: RwLock::default(),
+            pending: Mutex::default(),
             kpi_tx: broadcast::channel(ring.max(1)).0,
             deviation_tx: broadcast::channel(ring.max(1)).0,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The job's input has ended and everything is processed.
@@ -374,7 +402,7 @@ impl LiveView {
 
     pub fn on_kpis(&self, records: &[KpiRecord]) {
         let metrics = super::metrics::global();
-        let mut inner = self.lock();
+        let mut state = write(&self.kpis);
         for r in records {
             metrics
                 .kpi_updates
@@ -384,7 +412,7 @@ impl LiveView {
                 kpi: r.kpi.clone(),
                 dims: dims_key(&r.dims),
             };
-            let series = inner.series.entry(key).or_insert_with(|| Series {
+            let series = state.series.entry(key).or_insert_with(|| Series {
                 dims: r.dims.clone(),
                 dim_set: dim_set(&r.dims),
                 points: VecDeque::new(),
@@ -416,39 +444,44 @@ impl LiveView {
             while series.points.len() > HISTORY_POINTS {
                 series.points.pop_front();
             }
-            inner.pending_kpis.insert(r.key(), r.clone());
+        }
+        drop(state);
+        let mut pending = self.pending();
+        for r in records {
+            pending.kpis.insert(r.key(), r.clone());
         }
     }
 
     pub fn on_deviations(&self, devs: &[Deviation]) {
         let metrics = super::metrics::global();
-        let mut inner = self.lock();
-        for d in devs {
-            metrics
-                .deviations
-                .with_label_values(&[d.kind.as_str(), severity_name(d)])
-                .inc();
-            let d = Arc::new(d.clone());
-            if let Some(o) = d.order_id.as_deref() {
-                if let Some(view) = inner.orders.get_mut(o) {
+        let devs: Vec<Arc<Deviation>> = devs.iter().cloned().map(Arc::new).collect();
+        {
+            let mut orders = write(&self.orders);
+            let mut state = write(&self.deviations);
+            for d in &devs {
+                metrics
+                    .deviations
+                    .with_label_values(&[d.kind.as_str(), severity_name(d)])
+                    .inc();
+                if let Some(view) = d.order_id.as_deref().and_then(|o| orders.orders.get_mut(o)) {
                     push_capped(&mut view.deviation_ids, d.id.clone());
                     view.summary.deviations += 1;
                 }
-            }
-            inner.deviation_index.insert(d.id.clone(), d.clone());
-            inner.deviations.push_back(d.clone());
-            inner.pending_deviations.push(d);
-            while inner.deviations.len() > self.keep_deviations {
-                if let Some(old) = inner.deviations.pop_front() {
-                    inner.deviation_index.remove(&old.id);
+                state.index.insert(d.id.clone(), d.clone());
+                state.deviations.push_back(d.clone());
+                while state.deviations.len() > self.keep_deviations {
+                    if let Some(old) = state.deviations.pop_front() {
+                        state.index.remove(&old.id);
+                    }
                 }
             }
         }
+        self.pending().deviations.extend(devs);
     }
 
     pub fn on_order_events(&self, events: Vec<OrderEvent>) {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
+        let mut guard = write(&self.orders);
+        let inner = &mut *guard;
         for e in events {
             let seq = inner.next_seq;
             inner.next_seq += 1;
@@ -514,9 +547,9 @@ impl LiveView {
     }
 
     pub fn on_risk_scores(&self, scores: &[RiskScore]) {
-        let mut inner = self.lock();
+        let mut views = write(&self.orders);
         for s in scores {
-            if let Some(view) = inner.orders.get_mut(s.order_id.as_str()) {
+            if let Some(view) = views.orders.get_mut(s.order_id.as_str()) {
                 let risk = s.risk_ppm as f64 / 1e6;
                 view.summary.risk = Some(risk);
                 push_capped(&mut view.risk, RiskPoint { at: s.now, risk });
@@ -525,20 +558,17 @@ impl LiveView {
     }
 
     pub fn on_action(&self, a: &ActionMessage) {
-        self.lock().pending_actions.push(a.clone());
+        self.pending().actions.push(a.clone());
     }
 
     /// Broadcasts what arrived since the last call (KPI updates coalesced per key). Called by
     /// the server's publisher task.
     pub fn publish_pending(&self) {
-        let (kpis, devs, actions) = {
-            let mut inner = self.lock();
-            (
-                std::mem::take(&mut inner.pending_kpis),
-                std::mem::take(&mut inner.pending_deviations),
-                std::mem::take(&mut inner.pending_actions),
-            )
-        };
+        let Pending {
+            kpis,
+            deviations: devs,
+            actions,
+        } = std::mem::take(&mut *self.pending());
         if !kpis.is_empty() && self.kpi_tx.receiver_count() > 0 {
             let mut records: Vec<KpiRecord> = kpis.into_values().collect();
             records.sort_by(|a, b| (a.window_start, &a.kpi).cmp(&(b.window_start, &b.kpi)));
@@ -580,8 +610,8 @@ impl LiveView {
     /// The newest window's newest version of every admitted series (or, with `window`, the
     /// version of that window), ordered by KPI and dimensions.
     pub fn current_kpis(&self, filter: &KpiFilter, window: Option<i64>) -> Vec<KpiRecord> {
-        let inner = self.lock();
-        let mut out: Vec<(&SeriesKey, KpiRecord)> = inner
+        let state = read(&self.kpis);
+        let mut out: Vec<(&SeriesKey, KpiRecord)> = state
             .series
             .iter()
             .filter(|(k, s)| filter.admits_series(&k.kpi, &s.dim_set))
@@ -599,8 +629,8 @@ impl LiveView {
 
     /// The windows of one series, oldest first; `None` for an unknown series.
     pub fn kpi_history(&self, kpi: &str, dims: &BTreeMap<String, String>) -> Option<Vec<KpiPoint>> {
-        let inner = self.lock();
-        let s = inner.series.get(&SeriesKey {
+        let state = read(&self.kpis);
+        let s = state.series.get(&SeriesKey {
             kpi: kpi.to_string(),
             dims: dims_key(dims),
         })?;
@@ -614,10 +644,21 @@ impl LiveView {
         offset: usize,
         limit: usize,
     ) -> (usize, Vec<Deviation>) {
-        let inner = self.lock();
+        let state = read(&self.deviations);
+        if filter.is_all() {
+            let page = state
+                .deviations
+                .iter()
+                .rev()
+                .skip(offset)
+                .take(limit)
+                .map(|d| (**d).clone())
+                .collect();
+            return (state.deviations.len(), page);
+        }
         let mut total = 0;
         let mut page = Vec::new();
-        for d in inner.deviations.iter().rev().filter(|d| filter.admits(d)) {
+        for d in state.deviations.iter().rev().filter(|d| filter.admits(d)) {
             if total >= offset && page.len() < limit {
                 page.push((**d).clone());
             }
@@ -627,17 +668,18 @@ impl LiveView {
     }
 
     pub fn deviation(&self, id: &str) -> Option<Deviation> {
-        self.lock().deviation_index.get(id).map(|d| (**d).clone())
+        read(&self.deviations).index.get(id).map(|d| (**d).clone())
     }
 
     /// The newest deviation of an order that the view still holds.
     pub fn newest_deviation_of(&self, order_id: &str) -> Option<Deviation> {
-        let inner = self.lock();
-        let view = inner.orders.get(order_id)?;
+        let orders = read(&self.orders);
+        let view = orders.orders.get(order_id)?;
+        let state = read(&self.deviations);
         view.deviation_ids
             .iter()
             .rev()
-            .find_map(|id| inner.deviation_index.get(id))
+            .find_map(|id| state.index.get(id))
             .map(|d| (**d).clone())
     }
 
@@ -653,11 +695,29 @@ impl LiveView {
             want.as_ref()
                 .is_none_or(|w| have.as_ref().is_some_and(|h| h.eq_ignore_ascii_case(w)))
         };
-        let inner = self.lock();
+        let views = read(&self.orders);
+        let unfiltered = q.status.is_none()
+            && q.region.is_none()
+            && q.ship_mode.is_none()
+            && q.min_risk.is_none()
+            && q.from.is_none()
+            && q.to.is_none()
+            && needle.is_none();
+        if unfiltered {
+            let page = views
+                .recency
+                .values()
+                .rev()
+                .skip(offset)
+                .take(limit)
+                .filter_map(|id| views.orders.get(id).map(|o| o.summary.clone()))
+                .collect();
+            return (views.orders.len(), page);
+        }
         let mut total = 0;
         let mut page = Vec::new();
-        for id in inner.recency.values().rev() {
-            let Some(o) = inner.orders.get(id) else {
+        for id in views.recency.values().rev() {
+            let Some(o) = views.orders.get(id) else {
                 continue;
             };
             let s = &o.summary;
@@ -684,8 +744,9 @@ impl LiveView {
     }
 
     pub fn order(&self, order_id: &str) -> Option<OrderDetail> {
-        let inner = self.lock();
-        let o = inner.orders.get(order_id)?;
+        let views = read(&self.orders);
+        let o = views.orders.get(order_id)?;
+        let state = read(&self.deviations);
         Some(OrderDetail {
             order: o.summary.clone(),
             timeline: o.timeline.iter().cloned().collect(),
@@ -693,18 +754,17 @@ impl LiveView {
             deviations: o
                 .deviation_ids
                 .iter()
-                .filter_map(|id| inner.deviation_index.get(id).map(|d| (**d).clone()))
+                .filter_map(|id| state.index.get(id).map(|d| (**d).clone()))
                 .collect(),
         })
     }
 
     /// Orders, series and deviations held.
     pub fn sizes(&self) -> (usize, usize, usize) {
-        let inner = self.lock();
         (
-            inner.orders.len(),
-            inner.series.len(),
-            inner.deviations.len(),
+            read(&self.orders).orders.len(),
+            read(&self.kpis).series.len(),
+            read(&self.deviations).deviations.len(),
         )
     }
 }

@@ -252,6 +252,9 @@ pub fn router(app: Arc<AppState>) -> Result<Router> {
     Ok(router.with_state(app))
 }
 
+/// Kernel send buffer of every accepted connection (Linux doubles the value asked for).
+const SEND_BUFFER_BYTES: usize = 128 * 1024;
+
 /// The running server.
 pub struct Server {
     pub addr: SocketAddr,
@@ -274,6 +277,15 @@ impl Server {
             .block_on(tokio::net::TcpListener::bind(&listen))
             .with_context(|| format!("serve.listen: cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
+        // A small kernel send buffer: a WebSocket client that stops reading blocks the server's
+        // writes after this much instead of after the autotuned maximum (4 MiB here), so its
+        // stall limit starts within seconds. Responses larger than this just take more writes.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER_BYTES) {
+                tracing::debug!(error = %e, "could not set the send buffer size");
+            }
+            let _ = tcp.set_nodelay(true);
+        });
         let app = Arc::new(app);
         let router = router(app.clone())?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

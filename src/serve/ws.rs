@@ -21,12 +21,16 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::api::Params;
-use super::live::{deviation_message, kpi_message, DeviationFilter, DeviationPush, KpiFilter};
+use super::live::{
+    deviation_message, kpi_message, DeviationFilter, DeviationPush, KpiFilter, KpiPush,
+};
 use super::AppState;
 use crate::dataflow::wall_clock_ms;
+use crate::model::records::Deviation;
 
 /// Deviations in a snapshot.
 const SNAPSHOT_DEVIATIONS: usize = 100;
@@ -148,6 +152,112 @@ fn parse_subscribe(text: &str) -> Option<Subscribe> {
         .filter(|s| s.kind == "subscribe")
 }
 
+/// What differs between the two streams; [`client`] is the one loop both run.
+trait StreamKind {
+    const NAME: &'static str;
+    type Filter: Send + 'static;
+    type Push: Send + Sync + 'static;
+    fn clients() -> &'static AtomicI64;
+    fn subscribe(app: &AppState) -> broadcast::Receiver<Arc<Self::Push>>;
+    fn snapshot(app: &AppState, filter: &Self::Filter) -> Utf8Bytes;
+    /// The frame for a client with `filter`; `None`: nothing in it for this client.
+    fn frame(push: &Self::Push, filter: &Self::Filter) -> Option<Utf8Bytes>;
+    /// After falling behind the ring: what to send instead, or `None` to drop the client.
+    fn caught_up(app: &AppState, filter: &Self::Filter) -> Option<Utf8Bytes>;
+    fn filter_of(s: Subscribe) -> Self::Filter;
+}
+
+struct KpiStream;
+
+impl StreamKind for KpiStream {
+    const NAME: &'static str = "kpi";
+    type Filter = KpiFilter;
+    type Push = KpiPush;
+
+    fn clients() -> &'static AtomicI64 {
+        &KPI_CLIENTS
+    }
+
+    fn subscribe(app: &AppState) -> broadcast::Receiver<Arc<KpiPush>> {
+        app.live.subscribe_kpis()
+    }
+
+    fn snapshot(app: &AppState, filter: &KpiFilter) -> Utf8Bytes {
+        kpi_message("snapshot", &app.live.current_kpis(filter, None), None)
+    }
+
+    fn frame(push: &KpiPush, filter: &KpiFilter) -> Option<Utf8Bytes> {
+        if filter.is_all() {
+            return Some(push.message.clone());
+        }
+        let mine: Vec<_> = push
+            .records
+            .iter()
+            .filter(|r| filter.admits(r))
+            .cloned()
+            .collect();
+        (!mine.is_empty()).then(|| kpi_message("kpis", &mine, Some(push.sent_wall)))
+    }
+
+    /// The current values replace the updates that were missed (the coalesced state).
+    fn caught_up(app: &AppState, filter: &KpiFilter) -> Option<Utf8Bytes> {
+        Some(Self::snapshot(app, filter))
+    }
+
+    fn filter_of(s: Subscribe) -> KpiFilter {
+        KpiFilter::new(s.kpi, s.dims)
+    }
+}
+
+struct DeviationStream;
+
+impl StreamKind for DeviationStream {
+    const NAME: &'static str = "deviations";
+    type Filter = DeviationFilter;
+    type Push = DeviationPush;
+
+    fn clients() -> &'static AtomicI64 {
+        &DEVIATION_CLIENTS
+    }
+
+    fn subscribe(app: &AppState) -> broadcast::Receiver<Arc<DeviationPush>> {
+        app.live.subscribe_deviations()
+    }
+
+    fn snapshot(app: &AppState, filter: &DeviationFilter) -> Utf8Bytes {
+        let (_, newest) = app.live.deviations(filter, 0, SNAPSHOT_DEVIATIONS);
+        deviation_message("snapshot", newest.iter())
+    }
+
+    fn frame(push: &DeviationPush, filter: &DeviationFilter) -> Option<Utf8Bytes> {
+        match push {
+            DeviationPush::Actions { message } => Some(message.clone()),
+            DeviationPush::Deviations { message, .. } if filter.is_all() => Some(message.clone()),
+            DeviationPush::Deviations { items, .. } => {
+                let mine: Vec<&Deviation> = items
+                    .iter()
+                    .filter(|d| filter.admits(d))
+                    .map(|d| &**d)
+                    .collect();
+                (!mine.is_empty()).then(|| deviation_message("deviations", mine.into_iter()))
+            }
+        }
+    }
+
+    /// Deviations were missed: the client must reconnect and read them again.
+    fn caught_up(_: &AppState, _: &DeviationFilter) -> Option<Utf8Bytes> {
+        None
+    }
+
+    fn filter_of(s: Subscribe) -> DeviationFilter {
+        DeviationFilter {
+            severities: s.severity,
+            types: s.types,
+            order_id: None,
+        }
+    }
+}
+
 async fn kpi_upgrade(
     State(app): State<Arc<AppState>>,
     params: Params,
@@ -155,59 +265,7 @@ async fn kpi_upgrade(
 ) -> Response {
     let filter = KpiFilter::new(params.list("kpi"), params.list("dims"));
     ws.max_message_size(64 * 1024)
-        .on_upgrade(move |socket| kpi_client(app, socket, filter))
-}
-
-async fn kpi_client(app: Arc<AppState>, socket: WebSocket, mut filter: KpiFilter) {
-    const STREAM: &str = "kpi";
-    let _connected = Connected::new(STREAM, &KPI_CLIENTS);
-    let stall = Duration::from_millis(app.config.ws_stall_limit.ms() as u64);
-    let (mut tx, mut rx) = socket.split();
-    let mut updates = app.live.subscribe_kpis();
-    let mut beat = tokio::time::interval(Duration::from_millis(app.config.heartbeat.ms() as u64));
-    beat.tick().await;
-    let snapshot = |f: &KpiFilter| kpi_message("snapshot", &app.live.current_kpis(f, None), None);
-    let end = 'client: {
-        if let Err(e) = send(&mut tx, snapshot(&filter), stall, STREAM).await {
-            break 'client e;
-        }
-        loop {
-            let text = tokio::select! {
-                update = updates.recv() => match update {
-                    Ok(push) if filter.is_all() => push.message.clone(),
-                    Ok(push) => {
-                        let mine: Vec<_> =
-                            push.records.iter().filter(|r| filter.admits(r)).cloned().collect();
-                        if mine.is_empty() {
-                            continue;
-                        }
-                        kpi_message("kpis", &mine, Some(push.sent_wall))
-                    }
-                    // Fell behind the ring: the current values replace what was missed.
-                    Err(RecvError::Lagged(_)) => snapshot(&filter),
-                    Err(RecvError::Closed) => break End::Gone,
-                },
-                _ = beat.tick() => heartbeat(&app),
-                incoming = rx.next() => match incoming {
-                    Some(Ok(Message::Text(t))) => match parse_subscribe(&t) {
-                        Some(s) => {
-                            filter = KpiFilter::new(s.kpi, s.dims);
-                            snapshot(&filter)
-                        }
-                        None => continue,
-                    },
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
-                    Some(Ok(_)) => continue,
-                },
-            };
-            if let Err(e) = send(&mut tx, text, stall, STREAM).await {
-                break e;
-            }
-        }
-    };
-    if let End::Slow = end {
-        close_slow(tx, STREAM).await;
-    }
+        .on_upgrade(move |socket| client::<KpiStream>(app, socket, filter))
 }
 
 async fn deviation_upgrade(
@@ -221,56 +279,41 @@ async fn deviation_upgrade(
         order_id: None,
     };
     ws.max_message_size(64 * 1024)
-        .on_upgrade(move |socket| deviation_client(app, socket, filter))
+        .on_upgrade(move |socket| client::<DeviationStream>(app, socket, filter))
 }
 
-async fn deviation_client(app: Arc<AppState>, socket: WebSocket, mut filter: DeviationFilter) {
-    const STREAM: &str = "deviations";
-    let _connected = Connected::new(STREAM, &DEVIATION_CLIENTS);
+/// One client: a snapshot, then its frames of every push, heartbeats, and new snapshots when it
+/// subscribes again.
+async fn client<K: StreamKind>(app: Arc<AppState>, socket: WebSocket, mut filter: K::Filter) {
+    let _connected = Connected::new(K::NAME, K::clients());
     let stall = Duration::from_millis(app.config.ws_stall_limit.ms() as u64);
     let (mut tx, mut rx) = socket.split();
-    let mut updates = app.live.subscribe_deviations();
+    let mut updates = K::subscribe(&app);
     let mut beat = tokio::time::interval(Duration::from_millis(app.config.heartbeat.ms() as u64));
     beat.tick().await;
-    let snapshot = |f: &DeviationFilter| {
-        let (_, newest) = app.live.deviations(f, 0, SNAPSHOT_DEVIATIONS);
-        deviation_message("snapshot", newest.iter())
-    };
     let end = 'client: {
-        if let Err(e) = send(&mut tx, snapshot(&filter), stall, STREAM).await {
+        if let Err(e) = send(&mut tx, K::snapshot(&app, &filter), stall, K::NAME).await {
             break 'client e;
         }
         loop {
             let text = tokio::select! {
                 update = updates.recv() => match update {
-                    Ok(push) => match &*push {
-                        DeviationPush::Actions { message } => message.clone(),
-                        DeviationPush::Deviations { message, .. } if filter.is_all() => {
-                            message.clone()
-                        }
-                        DeviationPush::Deviations { items, .. } => {
-                            let mine: Vec<_> =
-                                items.iter().filter(|d| filter.admits(d)).map(|d| &**d).collect();
-                            if mine.is_empty() {
-                                continue;
-                            }
-                            deviation_message("deviations", mine.into_iter())
-                        }
+                    Ok(push) => match K::frame(&push, &filter) {
+                        Some(text) => text,
+                        None => continue,
                     },
-                    // Deviations were missed: the client must reconnect and re-read.
-                    Err(RecvError::Lagged(_)) => break End::Slow,
+                    Err(RecvError::Lagged(_)) => match K::caught_up(&app, &filter) {
+                        Some(text) => text,
+                        None => break End::Slow,
+                    },
                     Err(RecvError::Closed) => break End::Gone,
                 },
                 _ = beat.tick() => heartbeat(&app),
                 incoming = rx.next() => match incoming {
                     Some(Ok(Message::Text(t))) => match parse_subscribe(&t) {
                         Some(s) => {
-                            filter = DeviationFilter {
-                                severities: s.severity,
-                                types: s.types,
-                                order_id: None,
-                            };
-                            snapshot(&filter)
+                            filter = K::filter_of(s);
+                            K::snapshot(&app, &filter)
                         }
                         None => continue,
                     },
@@ -278,12 +321,12 @@ async fn deviation_client(app: Arc<AppState>, socket: WebSocket, mut filter: Dev
                     Some(Ok(_)) => continue,
                 },
             };
-            if let Err(e) = send(&mut tx, text, stall, STREAM).await {
+            if let Err(e) = send(&mut tx, text, stall, K::NAME).await {
                 break e;
             }
         }
     };
     if let End::Slow = end {
-        close_slow(tx, STREAM).await;
+        close_slow(tx, K::NAME).await;
     }
 }

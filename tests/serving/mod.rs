@@ -118,6 +118,15 @@ impl RunningJob {
 
 impl Drop for RunningJob {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let stderr = self.stderr();
+            let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+            eprintln!(
+                "job stdout:\n{}\njob stderr (last lines):\n{}",
+                self.stdout(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
