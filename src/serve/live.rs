@@ -401,13 +401,11 @@ impl LiveView {
     // ---- fed by the collector and the agent stage -------------------------------------------
 
     pub fn on_kpis(&self, records: &[KpiRecord]) {
-        let metrics = super::metrics::global();
+        // Counted per batch: one metric lookup per (KPI, final), not one per record.
+        let mut counts: BTreeMap<(&str, bool), u64> = BTreeMap::new();
         let mut state = write(&self.kpis);
         for r in records {
-            metrics
-                .kpi_updates
-                .with_label_values(&[r.kpi.as_str(), if r.is_final { "true" } else { "false" }])
-                .inc();
+            *counts.entry((r.kpi.as_str(), r.is_final)).or_default() += 1;
             let key = SeriesKey {
                 kpi: r.kpi.clone(),
                 dims: dims_key(&r.dims),
@@ -446,9 +444,19 @@ impl LiveView {
             }
         }
         drop(state);
-        let mut pending = self.pending();
-        for r in records {
-            pending.kpis.insert(r.key(), r.clone());
+        let metrics = super::metrics::global();
+        for ((kpi, is_final), n) in counts {
+            metrics
+                .kpi_updates
+                .with_label_values(&[kpi, if is_final { "true" } else { "false" }])
+                .inc_by(n);
+        }
+        // Only WebSocket subscribers read the pending updates.
+        if self.kpi_tx.receiver_count() > 0 {
+            let mut pending = self.pending();
+            for r in records {
+                pending.kpis.insert(r.key(), r.clone());
+            }
         }
     }
 
@@ -476,7 +484,9 @@ impl LiveView {
                 }
             }
         }
-        self.pending().deviations.extend(devs);
+        if self.deviation_tx.receiver_count() > 0 {
+            self.pending().deviations.extend(devs);
+        }
     }
 
     pub fn on_order_events(&self, events: Vec<OrderEvent>) {
@@ -558,7 +568,9 @@ impl LiveView {
     }
 
     pub fn on_action(&self, a: &ActionMessage) {
-        self.pending().actions.push(a.clone());
+        if self.deviation_tx.receiver_count() > 0 {
+            self.pending().actions.push(a.clone());
+        }
     }
 
     /// Broadcasts what arrived since the last call (KPI updates coalesced per key). Called by
