@@ -14,8 +14,12 @@ cargo clippy --locked --all-targets --quiet -- -D warnings
 echo "test: cargo bench --no-run"
 cargo bench --locked --no-run --quiet 2>&1 | grep -v "^  Executable" || true
 echo "test: cargo test"
-CI="${CI:-true}" cargo test --locked --no-fail-fast 2>&1 | tee "$FULFILLMENT_CACHE/last-test.log" | grep -E "^(test result|running|failures:|---- |thread '|error)" || true
+# The exit status is cargo's (PIPESTATUS[0]), read right after the pipeline: a `|| true` here
+# would reset it and let a failing test pass CI.
+set +e
+CI="${CI:-true}" cargo test --locked --no-fail-fast 2>&1 | tee "$FULFILLMENT_CACHE/last-test.log" | grep -E "^(test result|running|failures:|---- |thread '|error)"
 status=${PIPESTATUS[0]}
+set -e
 passed=$(grep -Eo "[0-9]+ passed" "$FULFILLMENT_CACHE/last-test.log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo "[0-9]+ failed" "$FULFILLMENT_CACHE/last-test.log" | awk '{s+=$1} END {print s+0}')
 echo "$passed passed, $failed failed"
