@@ -8,14 +8,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use fulfillment_ai::agents::runner::AgentRunner;
 use fulfillment_ai::bench;
 use fulfillment_ai::config::{AppConfig, PipelineSpec};
+use fulfillment_ai::dataflow::checkpoint::CheckpointOptions;
 use fulfillment_ai::dataflow::live_spec::LiveSpec;
-use fulfillment_ai::dataflow::{run_job, JobOptions, JobReport, Pacing};
+use fulfillment_ai::dataflow::{run_job, ClusterOptions, JobOptions, JobReport, Pacing};
 use fulfillment_ai::kafka::load::LoadOptions;
 use fulfillment_ai::kafka::{create_topics, TopicOutcome, Topics};
 use fulfillment_ai::rag::{self, Filters, Mode};
@@ -227,6 +228,25 @@ struct RunArgs {
     /// Do not start the server (same as `serve.enabled: false`).
     #[arg(long)]
     no_serve: bool,
+    /// Take checkpoints in this directory and resume from the newest one at start (same as
+    /// `checkpoint.enabled: true` with `checkpoint.dir`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Wall time between checkpoints (default from settings: 10s).
+    #[arg(long)]
+    checkpoint_interval: Option<String>,
+    /// With checkpoints: delete the existing ones and start from the beginning.
+    #[arg(long)]
+    fresh: bool,
+    /// Run as one of this many processes of a timely cluster (each with --workers threads).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// This process's index in the cluster (0-based).
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// File with one `host:port` per line, one line per process, in process order.
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -479,6 +499,22 @@ fn run(a: RunArgs) -> Result<()> {
         },
     };
     let mut opts = job_options(&app, a.job.verbose)?;
+    if let Some(dir) = &a.state_dir {
+        app.checkpoint.enabled = true;
+        app.checkpoint.dir = dir.clone();
+    }
+    if let Some(i) = &a.checkpoint_interval {
+        app.checkpoint.interval = fulfillment_ai::config::duration::parse_duration(i)
+            .map_err(|e| anyhow!("--checkpoint-interval `{i}`: {e}"))?;
+    }
+    if app.checkpoint.enabled {
+        opts.checkpoint = Some(CheckpointOptions {
+            dir: app.checkpoint.dir.clone(),
+            interval: Duration::from_millis(app.checkpoint.interval.ms().max(100) as u64),
+            resume: !a.fresh,
+        });
+    }
+    opts.cluster = cluster_options(a.processes, a.process, a.hostfile.as_deref())?;
     if a.kafka_out || kafka_progress.is_some() {
         opts.kafka_sink = Some(KafkaSinkConfig::from_settings(
             &app.kafka,
@@ -675,6 +711,45 @@ fn run(a: RunArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--processes N --process I --hostfile F`: this process's place in a timely cluster.
+fn cluster_options(
+    processes: usize,
+    process: usize,
+    hostfile: Option<&std::path::Path>,
+) -> Result<Option<ClusterOptions>> {
+    if processes <= 1 && hostfile.is_none() {
+        return Ok(None);
+    }
+    let Some(hostfile) = hostfile else {
+        bail!("--processes {processes}: also give --hostfile with one host:port per process");
+    };
+    let text = std::fs::read_to_string(hostfile)
+        .with_context(|| format!("reading --hostfile {}", hostfile.display()))?;
+    let addresses: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if addresses.len() != processes {
+        bail!(
+            "--hostfile {}: {} addresses for --processes {processes}",
+            hostfile.display(),
+            addresses.len()
+        );
+    }
+    if process >= processes {
+        bail!("--process {process}: must be below --processes {processes}");
+    }
+    if let Some(bad) = addresses.iter().find(|a| !a.contains(':')) {
+        bail!(
+            "--hostfile {}: `{bad}` is not host:port",
+            hostfile.display()
+        );
+    }
+    Ok(Some(ClusterOptions { process, addresses }))
 }
 
 fn replay(a: ReplayArgs) -> Result<()> {

@@ -78,6 +78,9 @@ impl AgentRunner {
         live: Option<Arc<LiveView>>,
     ) -> Result<(AgentRunner, crossbeam_channel::Sender<Deviation>)> {
         let cfg = &app.agents;
+        // A checkpointed job resumes: its action log continues (the case store keeps every
+        // action from being published twice).
+        let append = app.checkpoint.enabled;
         let table = Arc::new(RoutingTable::load(&cfg.routing)?);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -119,7 +122,7 @@ impl AgentRunner {
         ))?;
         let writer = std::thread::Builder::new()
             .name("agent-actions".into())
-            .spawn(move || write_actions(actions_rx, out_dir, kafka, live))
+            .spawn(move || write_actions(actions_rx, out_dir, kafka, live, append))
             .context("starting the action writer")?;
         let (tx, rx) = crossbeam_channel::unbounded::<Deviation>();
         let label = backend_label.clone();
@@ -213,13 +216,19 @@ fn write_actions(
     out_dir: Option<PathBuf>,
     kafka: Option<KafkaSinkConfig>,
     live: Option<Arc<LiveView>>,
+    append: bool,
 ) -> Result<u64> {
     let mut file = match &out_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
             let path = dir.join("actions.jsonl");
             Some(std::io::BufWriter::new(
-                std::fs::File::create(&path)
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(append)
+                    .truncate(!append)
+                    .open(&path)
                     .with_context(|| format!("creating {}", path.display()))?,
             ))
         }

@@ -35,6 +35,30 @@ pub struct AppConfig {
     pub openai: OpenAiSettings,
     pub agents: AgentsConfig,
     pub serve: ServeConfig,
+    pub checkpoint: CheckpointConfig,
+}
+
+/// Checkpoints of `run`: consistent snapshots of the job's state, to resume after a crash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Take checkpoints and resume from the newest one at start (`FULFILLMENT_CHECKPOINT`:
+    /// true | false; `run --state-dir` turns it on).
+    pub enabled: bool,
+    /// One directory per process (`FULFILLMENT_STATE_DIR`).
+    pub dir: PathBuf,
+    /// Wall time between checkpoints (`FULFILLMENT_CHECKPOINT_INTERVAL`).
+    pub interval: Duration,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            enabled: false,
+            dir: PathBuf::from("state"),
+            interval: Duration(10_000),
+        }
+    }
 }
 
 /// The HTTP server of `run`: REST API, WebSockets, Prometheus metrics and the dashboard.
@@ -227,6 +251,7 @@ impl Default for AppConfig {
             openai: OpenAiSettings::default(),
             agents: AgentsConfig::default(),
             serve: ServeConfig::default(),
+            checkpoint: CheckpointConfig::default(),
         }
     }
 }
@@ -327,6 +352,15 @@ impl AppConfig {
                         .map_err(|_| bad(format!("`{value}`: use true or false")))?
                 }
                 "LISTEN" => self.serve.listen = value,
+                "CHECKPOINT" => {
+                    self.checkpoint.enabled = value
+                        .parse()
+                        .map_err(|_| bad(format!("`{value}`: use true or false")))?
+                }
+                "STATE_DIR" => self.checkpoint.dir = PathBuf::from(value),
+                "CHECKPOINT_INTERVAL" => {
+                    self.checkpoint.interval = parse_duration(&value).map_err(bad)?
+                }
                 "LLM_BACKEND" => self.agents.backend = value,
                 "LLM_MODEL" => self.agents.model = value,
                 "OPENAI_TIMEOUT" => {
@@ -373,6 +407,9 @@ impl AppConfig {
                 "serve.listen",
                 "must be an address with a port, such as 127.0.0.1:8000 or 0.0.0.0:8000",
             ));
+        }
+        if self.checkpoint.interval.ms() < 100 {
+            return Err(err("checkpoint.interval", "must be at least 100ms"));
         }
         if self.serve.max_body_bytes < 1024 {
             return Err(err("serve.max_body_bytes", "must be at least 1024 bytes"));

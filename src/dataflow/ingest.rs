@@ -6,10 +6,12 @@
 //! `tick_of(max_ts - out_of_orderness - allowed_lateness)`; an event below its partition's
 //! frontier (or the worker's, once an idle partition was skipped) is late.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::pipeline::PipelineSpec;
+use crate::dataflow::checkpoint::PartitionPosition;
 use crate::model::decode_event;
 use crate::model::event::OrderEvent;
 use crate::model::time::TickClock;
@@ -31,6 +33,34 @@ pub struct SharedCounters {
     pub watermark_ms: std::sync::atomic::AtomicI64,
 }
 
+impl SharedCounters {
+    /// The values a checkpoint keeps.
+    pub fn values(&self) -> crate::dataflow::checkpoint::CounterValues {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        crate::dataflow::checkpoint::CounterValues {
+            received: l(&self.received),
+            accepted: l(&self.accepted),
+            dead_lettered: l(&self.dead_lettered),
+            late: l(&self.late),
+            duplicates: l(&self.duplicates),
+            facts: l(&self.facts),
+            deviations: l(&self.deviations),
+        }
+    }
+
+    /// Continues counting from a checkpoint's values.
+    pub fn restore(&self, v: &crate::dataflow::checkpoint::CounterValues) {
+        let s = |a: &AtomicU64, x: u64| a.store(x, Ordering::Relaxed);
+        s(&self.received, v.received);
+        s(&self.accepted, v.accepted);
+        s(&self.dead_lettered, v.dead_lettered);
+        s(&self.late, v.late);
+        s(&self.duplicates, v.duplicates);
+        s(&self.facts, v.facts);
+        s(&self.deviations, v.deviations);
+    }
+}
+
 /// Wall-clock pacing of a replay.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum Pacing {
@@ -47,6 +77,13 @@ struct PartitionCursor {
     finished: bool,
     last_data: Instant,
     idle: bool,
+    /// Next offset to read, once something was read.
+    next_offset: Option<u64>,
+    /// With checkpoints: per tick, the first accepted event's offset and the highest event time
+    /// before it (where a restore must start reading to see that tick's events again).
+    replay: BTreeMap<u64, (u64, Option<i64>)>,
+    /// Offsets below this were read before the restored cut: their outputs are already out.
+    replayed_until: u64,
 }
 
 /// One worker's ingest state.
@@ -59,6 +96,10 @@ pub struct Ingest {
     pacing: Pacing,
     pace_origin: Option<(Instant, i64)>,
     max_event_bytes: usize,
+    /// Record replay positions for checkpoints.
+    track_replay: bool,
+    /// The cut restored from (accepted replayed events below it are already applied).
+    restored_cut: u64,
 }
 
 /// Result of one ingest round.
@@ -87,6 +128,9 @@ impl Ingest {
                     finished: false,
                     last_data: now,
                     idle: false,
+                    next_offset: None,
+                    replay: BTreeMap::new(),
+                    replayed_until: 0,
                 })
                 .collect(),
             clock: TickClock {
@@ -98,7 +142,58 @@ impl Ingest {
             pacing,
             pace_origin: None,
             max_event_bytes,
+            track_replay: false,
+            restored_cut: 0,
         }
+    }
+
+    /// Records what a checkpoint needs to resume each partition.
+    pub fn track_replay(&mut self) {
+        self.track_replay = true;
+    }
+
+    /// Resumes from a checkpoint cut at `cut`: the readers were opened at each partition's
+    /// `replay_from`. Events before `next_offset` were read before the cut: they are classified
+    /// again (to rebuild the watermark exactly) but emit nothing, and only accepted ones at or
+    /// after the cut are sent on.
+    pub fn restore(&mut self, cut: u64, positions: &[PartitionPosition]) {
+        self.restored_cut = cut;
+        for p in positions {
+            if let Some(c) = self
+                .parts
+                .iter_mut()
+                .find(|c| c.reader.partition() == p.partition)
+            {
+                c.max_ts = p.replay_max_ts;
+                c.replayed_until = p.next_offset;
+            }
+        }
+    }
+
+    /// Read positions at the cut `cut` (every tick below it is processed).
+    pub fn positions(&mut self, cut: u64) -> Vec<PartitionPosition> {
+        let mut out = Vec::new();
+        for c in &mut self.parts {
+            c.replay = c.replay.split_off(&cut);
+            // Outputs were emitted up to the furthest offset read, in this run or the restored one.
+            let Some(next_offset) = c.next_offset.map(|o| o.max(c.replayed_until)) else {
+                continue;
+            };
+            let (replay_from, replay_max_ts) = c
+                .replay
+                .values()
+                .min_by_key(|(offset, _)| *offset)
+                .copied()
+                .unwrap_or((next_offset, c.max_ts));
+            out.push(PartitionPosition {
+                partition: c.reader.partition(),
+                next_offset,
+                max_ts: c.max_ts,
+                replay_from,
+                replay_max_ts,
+            });
+        }
+        out
     }
 
     fn partition_frontier(&self, max_ts: Option<i64>) -> u64 {
@@ -139,12 +234,31 @@ impl Ingest {
                 PollStatus::Ready => {
                     self.parts[i].last_data = Instant::now();
                     self.parts[i].idle = false;
-                    let mut max_ts = self.parts[i].max_ts;
-                    let mut frontier = self.partition_frontier(max_ts).max(input_time);
                     let first = self.batch.first_offset;
+                    let cursor = &mut self.parts[i];
+                    cursor.next_offset = Some(first + self.batch.len() as u64);
                     for (j, raw) in self.batch.iter().enumerate() {
-                        received += 1;
                         let offset = first + j as u64;
+                        if offset < cursor.replayed_until {
+                            // Read before the restored cut: rebuild the watermark, emit nothing.
+                            let Ok(ev) = decode_event(raw) else { continue };
+                            let tick = self.clock.tick_of(ev.ts);
+                            let wm = cursor
+                                .max_ts
+                                .map_or(0, |m| self.clock.tick_of(m - self.trail_ms));
+                            if raw.len() > self.max_event_bytes || tick < wm {
+                                continue;
+                            }
+                            if tick >= self.restored_cut {
+                                cursor.replay.entry(tick).or_insert((offset, cursor.max_ts));
+                                out.push(ev.clone());
+                            }
+                            if cursor.max_ts.is_none_or(|m| ev.ts > m) {
+                                cursor.max_ts = Some(ev.ts);
+                            }
+                            continue;
+                        }
+                        received += 1;
                         let decoded = if raw.len() > self.max_event_bytes {
                             Err(format!(
                                 "oversize event: {} bytes, the limit is {} (max_event_bytes)",
@@ -167,6 +281,10 @@ impl Ingest {
                             }
                             Ok(ev) => {
                                 let tick = self.clock.tick_of(ev.ts);
+                                let frontier = cursor
+                                    .max_ts
+                                    .map_or(0, |m| self.clock.tick_of(m - self.trail_ms))
+                                    .max(input_time);
                                 if tick < frontier {
                                     late += 1;
                                     let _ = sink.send(SinkMessage::Late(LateEvent {
@@ -178,9 +296,14 @@ impl Ingest {
                                         frontier_tick: frontier,
                                     }));
                                 } else {
-                                    if max_ts.is_none_or(|m| ev.ts > m) {
-                                        max_ts = Some(ev.ts);
-                                        frontier = self.partition_frontier(max_ts).max(input_time);
+                                    if self.track_replay {
+                                        cursor
+                                            .replay
+                                            .entry(tick)
+                                            .or_insert((offset, cursor.max_ts));
+                                    }
+                                    if cursor.max_ts.is_none_or(|m| ev.ts > m) {
+                                        cursor.max_ts = Some(ev.ts);
                                     }
                                     accepted += 1;
                                     out.push(ev);
@@ -188,7 +311,6 @@ impl Ingest {
                             }
                         }
                     }
-                    self.parts[i].max_ts = max_ts;
                 }
             }
         }

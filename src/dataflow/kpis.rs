@@ -193,6 +193,7 @@ impl Preaggregator {
     }
 }
 
+#[derive(Clone, Serialize, Deserialize)]
 struct Cell {
     labels: Labels,
     num: i64,
@@ -200,6 +201,16 @@ struct Cell {
     values: Vec<i64>,
     version: u32,
     dirty: bool,
+}
+
+/// The part of a [`CellState`] a checkpoint keeps: open windows, their closing schedule, backlog
+/// levels and anomaly baselines. Pending level changes are empty at a cut.
+#[derive(Serialize, Deserialize)]
+pub struct CellStateSnapshot {
+    cells: Vec<(CellKey, Cell)>,
+    closing: BTreeMap<u64, Vec<CellKey>>,
+    levels: Vec<((u16, u16, u64), i64)>,
+    history: Vec<((u16, u16, u64), VecDeque<f64>)>,
 }
 
 /// Per-worker state of the cell operator.
@@ -241,6 +252,26 @@ impl CellState {
             history: FxHashMap::default(),
             anomaly_kpis,
         }
+    }
+
+    pub fn snapshot(&self) -> CellStateSnapshot {
+        debug_assert!(
+            self.levels_pending.is_empty(),
+            "level changes pending at a cut"
+        );
+        CellStateSnapshot {
+            cells: self.cells.iter().map(|(k, c)| (*k, c.clone())).collect(),
+            closing: self.closing.clone(),
+            levels: self.levels.iter().map(|(k, v)| (*k, *v)).collect(),
+            history: self.history.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        }
+    }
+
+    pub fn restore(&mut self, snapshot: CellStateSnapshot) {
+        self.cells = snapshot.cells.into_iter().collect();
+        self.closing = snapshot.closing;
+        self.levels = snapshot.levels.into_iter().collect();
+        self.history = snapshot.history.into_iter().collect();
     }
 
     fn cell(&mut self, key: CellKey, labels: &Labels) -> &mut Cell {

@@ -13,6 +13,7 @@
 //! Every operator emits at the frontier it last saw and carries event time in the data, so one
 //! message per invocation suffices. Outputs leave through a channel to the sink collector.
 
+pub mod checkpoint;
 pub mod ingest;
 pub mod kpi_math;
 pub mod kpis;
@@ -21,6 +22,8 @@ pub mod orders;
 pub mod risk;
 pub mod risk_model;
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,8 +34,9 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
+use timely::dataflow::operators::{Capability, Concat, Inspect, Operator, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 
 use crate::config::pipeline::PipelineSpec;
@@ -40,6 +44,7 @@ use crate::model::event::OrderEvent;
 use crate::model::records::{Deviation, KpiRecord};
 use crate::sinks::{CollectorOptions, DeadLetter, LateEvent, SinkMessage};
 use crate::sources::Source;
+use checkpoint::Ballot;
 
 pub use ingest::{Pacing, SharedCounters};
 pub use risk::RiskScore;
@@ -84,6 +89,19 @@ pub struct JobOptions {
     pub live_spec: Option<Arc<live_spec::LiveSpec>>,
     /// Live state for the server: fed by the collector, counters and watermark shared.
     pub live_view: Option<Arc<crate::serve::live::LiveView>>,
+    /// Take checkpoints (and resume from the newest one).
+    pub checkpoint: Option<checkpoint::CheckpointOptions>,
+    /// Run as one process of a timely cluster.
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// This process's place in a timely cluster: every process runs `workers` worker threads, and
+/// worker `w` of process `p` is global worker `p * workers + w`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterOptions {
+    pub process: usize,
+    /// `host:port` of every process, in process order.
+    pub addresses: Vec<String>,
 }
 
 impl Default for JobOptions {
@@ -102,6 +120,8 @@ impl Default for JobOptions {
             deviation_tap: None,
             live_spec: None,
             live_view: None,
+            checkpoint: None,
+            cluster: None,
         }
     }
 }
@@ -152,6 +172,8 @@ pub enum JobError {
     Output(#[from] std::io::Error),
     #[error("sink failed: {0:#}")]
     Sink(anyhow::Error),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// Per-worker gauges reported back after the run.
@@ -179,7 +201,15 @@ pub fn run_job(
         kafka: opts.kafka_sink.clone(),
         deviation_tap: opts.deviation_tap.clone(),
         live_view: opts.live_view.clone(),
+        await_open: opts.checkpoint.is_some(),
     };
+    if let Some(c) = &opts.checkpoint {
+        if c.resume {
+            check_resumable(c, opts)?;
+        } else {
+            checkpoint::clear(&c.dir)?;
+        }
+    }
     let collector = std::thread::Builder::new()
         .name("sink-collector".into())
         .spawn(move || crate::sinks::collect(rx, collector_opts))
@@ -190,19 +220,29 @@ pub fn run_job(
         .map_or_else(Default::default, |v| v.counters.clone());
     let worker_counters = counters.clone();
     let opts_w = opts.clone();
-    let guards = timely::execute(
-        timely::Config::process(opts.workers.max(1)),
-        move |worker| {
-            run_worker(
-                worker,
-                spec.clone(),
-                source.clone(),
-                &opts_w,
-                tx.clone(),
-                &worker_counters,
-            )
+    let config = match &opts.cluster {
+        None => timely::Config::process(opts.workers.max(1)),
+        Some(c) => timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: opts.workers.max(1),
+                process: c.process,
+                addresses: c.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
         },
-    )
+    };
+    let guards = timely::execute(config, move |worker| {
+        run_worker(
+            worker,
+            spec.clone(),
+            source.clone(),
+            &opts_w,
+            tx.clone(),
+            &worker_counters,
+        )
+    })
     .map_err(JobError::Timely)?;
     let mut peak = 0;
     let mut rss_at_input_end = None;
@@ -239,6 +279,25 @@ pub fn run_job(
         elapsed: started.elapsed(),
         kafka: collected.kafka,
     })
+}
+
+/// Refuses to resume from a checkpoint taken with a different number of workers (its state is
+/// partitioned by worker).
+fn check_resumable(c: &checkpoint::CheckpointOptions, opts: &JobOptions) -> Result<(), JobError> {
+    let process = opts.cluster.as_ref().map_or(0, |c| c.process);
+    let processes = opts.cluster.as_ref().map_or(1, |c| c.addresses.len());
+    let peers = opts.workers.max(1) * processes;
+    if let Some(&n) = checkpoint::committed(&c.dir, process)?.last() {
+        let saved = checkpoint::load_process(&c.dir, n, process)?;
+        if saved.peers != peers {
+            return Err(JobError::Checkpoint(format!(
+                "{}: checkpoint {n} was taken with {} workers in all, this job has {peers}; resume with the same --workers and --processes, or start over with --fresh",
+                c.dir.display(),
+                saved.peers
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn frontier_of(f: &timely::progress::frontier::MutableAntichain<u64>) -> Option<u64> {
@@ -283,6 +342,13 @@ fn run_worker(
     let mut input = InputHandleVec::<u64, OrderEvent>::new();
     let probe = ProbeHandle::new();
     let live_orders = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    // Operator states, shared with this loop so that checkpoints can save and restore them.
+    let order_state = Rc::new(RefCell::new(OrderState::new(spec.clone())));
+    let risk_state = Rc::new(RefCell::new(RiskState::new(
+        spec.clone(),
+        opts.collect_risk_scores || opts.live_view.is_some(),
+    )));
+    let cell_state = Rc::new(RefCell::new(CellState::new(spec.clone())));
 
     worker.dataflow::<u64, _, _>(|scope| {
         let events = input.to_stream(scope);
@@ -302,7 +368,7 @@ fn run_worker(
             OutputBuilder::<_, CapacityContainerBuilder<Vec<BacklogUpdate>>>::from(backlog_out);
         let mut risk_out =
             OutputBuilder::<_, CapacityContainerBuilder<Vec<RiskUpdate>>>::from(risk_out);
-        let order_spec = spec.clone();
+        let shared_orders = order_state.clone();
         let live = live_orders.clone();
         let order_sink = sink.clone();
         let order_counters = counters.clone();
@@ -310,10 +376,10 @@ fn run_worker(
         builder.build(move |capabilities| {
             let mut caps: Vec<Option<Capability<u64>>> =
                 capabilities.into_iter().map(Some).collect();
-            let mut state = OrderState::new(order_spec);
-            state.record_applied = record_applied;
+            shared_orders.borrow_mut().record_applied = record_applied;
             let mut out = OrderOutputs::default();
             move |frontiers| {
+                let mut state = shared_orders.borrow_mut();
                 events_in.for_each(|_time, data| {
                     for e in data.drain(..) {
                         state.stash(e);
@@ -371,8 +437,7 @@ fn run_worker(
         });
 
         // Risk, exchanged by route; facts downstream, deviations and scores to the sink.
-        let risk_spec = spec.clone();
-        let collect_scores = opts.collect_risk_scores || opts.live_view.is_some();
+        let shared_risk = risk_state.clone();
         let risk_sink = sink.clone();
         let risk_counters = counters.clone();
         let risk_facts = risk_updates
@@ -380,10 +445,10 @@ fn run_worker(
                 Exchange::new(route_hash),
                 "Risk",
                 move |cap, _info| {
-                    let mut state = RiskState::new(risk_spec, collect_scores);
                     let mut cap = Some(cap);
                     let mut out = RiskOutputs::default();
                     move |(input, frontier), output| {
+                        let mut state = shared_risk.borrow_mut();
                         input.for_each(|_t, data| {
                             for u in data.drain(..) {
                                 state.stash(u);
@@ -445,7 +510,7 @@ fn run_worker(
         );
 
         // Cells: windows, records, breaches, anomalies.
-        let cell_spec = spec.clone();
+        let shared_cells = cell_state.clone();
         let interval = opts.kpi_update_interval;
         let kpi_sink = sink.clone();
         let kpi_counters = counters.clone();
@@ -456,12 +521,12 @@ fn run_worker(
                 Exchange::new(|i: &KpiInput| i.route()),
                 "Cells",
                 move |cap, _info| {
-                    let mut state = CellState::new(cell_spec);
                     let mut spec_version = 0;
                     let mut cap = Some(cap);
                     let mut buffer = Vec::new();
                     let mut last_emit = Instant::now();
                     move |(input, frontier), _output| {
+                        let mut state = shared_cells.borrow_mut();
                         if let Some((v, spec)) = live_spec
                             .as_ref()
                             .and_then(|l| l.changed_since(spec_version))
@@ -504,64 +569,230 @@ fn run_worker(
             .probe_with(&probe);
     });
 
-    let mut ingest = ingest::Ingest::new(
-        source.readers(index, peers),
-        &spec,
-        opts.pacing,
-        opts.max_event_bytes,
-    );
+    // The first worker of each process reports the watermark and talks to its collector.
+    let first_local = index.is_multiple_of(opts.workers.max(1));
+    let process = opts.cluster.as_ref().map_or(0, |c| c.process);
+
+    // Checkpoints: a small dataflow that broadcasts every worker's ballot, and the restore.
+    let mut schedule = opts.checkpoint.clone().map(checkpoint::Schedule::new);
+    let mut ballot_input = InputHandleVec::<u64, (u64, Ballot)>::new();
+    let ballot_probe = ProbeHandle::new();
+    let ballots: Rc<RefCell<Vec<(u64, Ballot)>>> = Rc::default();
+    let mut resumed = None;
+    if let Some(sched) = schedule.as_mut() {
+        let seen = ballots.clone();
+        worker.dataflow::<u64, _, _>(|scope| {
+            ballot_input
+                .to_stream(scope)
+                .broadcast()
+                .inspect(move |b| seen.borrow_mut().push(b.clone()))
+                .probe_with(&ballot_probe);
+        });
+        let dir = sched.opts.dir.clone();
+        let committed = if sched.opts.resume {
+            checkpoint::committed(&dir, process)
+                .unwrap_or_else(|e| panic!("reading checkpoints in {}: {e}", dir.display()))
+        } else {
+            Vec::new()
+        };
+        let mut ballot = sched.ballot(index, 0, false);
+        ballot.committed = committed;
+        let decision = vote(
+            worker,
+            &mut ballot_input,
+            &ballot_probe,
+            &ballots,
+            0,
+            0,
+            ballot,
+        );
+        let mut sinks_at = None;
+        if let Some(n) = decision.resume {
+            let saved = checkpoint::load_worker(&dir, n, index)
+                .unwrap_or_else(|e| panic!("reading checkpoint {n}: {e}"));
+            assert_eq!(
+                saved.peers, peers,
+                "checkpoint {n} was taken with {} workers in all, this job has {peers}; resume with the same number",
+                saved.peers
+            );
+            order_state.borrow_mut().restore(saved.orders, saved.cut);
+            risk_state.borrow_mut().restore(saved.risk);
+            cell_state.borrow_mut().restore(saved.cells);
+            if first_local {
+                let p = checkpoint::load_process(&dir, n, process)
+                    .unwrap_or_else(|e| panic!("reading checkpoint {n}: {e}"));
+                counters.restore(&p.counters);
+                sinks_at = p.sinks;
+            }
+            tracing::info!(
+                worker = index,
+                checkpoint = n,
+                cut = saved.cut,
+                "resuming from a checkpoint"
+            );
+            sched.restored(n);
+            resumed = Some((saved.cut, saved.positions));
+        }
+        if first_local {
+            let _ = sink.send(SinkMessage::Open(sinks_at));
+        }
+        // A barrier: no worker reads before the counters are restored.
+        let at = resumed.as_ref().map_or(0, |r| r.0);
+        let ballot = sched.ballot(index, at, false);
+        vote(
+            worker,
+            &mut ballot_input,
+            &ballot_probe,
+            &ballots,
+            1,
+            at,
+            ballot,
+        );
+        sched.start(at);
+    }
+
+    let readers = match &resumed {
+        Some((_, positions)) => {
+            source.readers_from(index, peers, &checkpoint::replay_starts(positions))
+        }
+        None => source.readers(index, peers),
+    };
+    let mut ingest = ingest::Ingest::new(readers, &spec, opts.pacing, opts.max_event_bytes);
+    if schedule.is_some() {
+        ingest.track_replay();
+    }
+    if let Some((cut, positions)) = &resumed {
+        ingest.restore(*cut, positions);
+        input.advance_to(*cut);
+    }
     let tick_ms = spec.time.tick.ms();
     let mut batch = Vec::with_capacity(opts.batch_per_partition * 2);
     let mut stats = WorkerStats::default();
     let mut since_sync = 0usize;
     let ingest_started = Instant::now();
+    let mut natural = *input.time();
+    let mut finished = false;
     loop {
-        let round = ingest.round(
-            opts.batch_per_partition,
-            *input.time(),
-            &mut batch,
-            &sink,
-            counters,
-        );
-        if !batch.is_empty() {
-            input.send_batch(&mut batch);
-            batch.clear();
-        }
-        since_sync += round.accepted;
-        match round.frontier {
-            None => break,
-            Some(f) => {
-                if f > *input.time() {
-                    input.advance_to(f);
+        let cut = schedule.as_ref().and_then(|s| s.cut);
+        let at_cut = cut.is_some_and(|c| finished || natural >= c);
+        if !at_cut && !finished {
+            let round = ingest.round(
+                opts.batch_per_partition,
+                *input.time(),
+                &mut batch,
+                &sink,
+                counters,
+            );
+            if !batch.is_empty() {
+                input.send_batch(&mut batch);
+                batch.clear();
+            }
+            since_sync += round.accepted;
+            match round.frontier {
+                None => finished = true,
+                Some(f) => natural = f,
+            }
+            let target = cut.map_or(natural, |c| natural.min(c));
+            if !finished && target > *input.time() {
+                input.advance_to(target);
+            }
+            worker.step();
+            if first_local {
+                if let Some(tick) = probe.with_frontier(|f| f.iter().next().copied()) {
+                    counters
+                        .watermark_ms
+                        .store(tick as i64 * tick_ms, Ordering::Relaxed);
                 }
             }
-        }
-        worker.step();
-        if index == 0 {
-            if let Some(tick) = probe.with_frontier(|f| f.iter().next().copied()) {
-                counters
-                    .watermark_ms
-                    .store(tick as i64 * tick_ms, Ordering::Relaxed);
+            // Bound in-flight data without lock-stepping the workers: once a worker has pushed
+            // `sync_every` events, it waits until the dataflow has caught up to where the input
+            // stood `lag_ticks` ago.
+            if since_sync >= SYNC_EVERY {
+                since_sync = 0;
+                let t = input.time().saturating_sub(LAG_TICKS);
+                worker.step_while(|| probe.less_than(&t));
+            }
+            stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
+            if round.received == 0 && !finished {
+                // Nothing new: park briefly unless the dataflow has work, instead of spinning.
+                worker.step_or_park(Some(Duration::from_millis(1)));
             }
         }
-        // Bound in-flight data: let the dataflow catch up every so many events.
-        // Bound in-flight data without lock-stepping the workers: once a worker has pushed
-        // `sync_every` events, it waits until the dataflow has caught up to where the input
-        // stood `lag_ticks` ago.
-        if since_sync >= SYNC_EVERY {
-            since_sync = 0;
-            let t = input.time().saturating_sub(LAG_TICKS);
-            worker.step_while(|| probe.less_than(&t));
+        let Some(sched) = schedule.as_mut() else {
+            if finished {
+                break;
+            }
+            continue;
+        };
+        let Some(c) = sched.cut else {
+            break;
+        };
+        if !(finished || natural >= c) {
+            continue;
         }
-        stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
-        if round.received == 0 {
-            // Nothing new: park briefly unless the dataflow has work, instead of spinning.
-            worker.step_or_park(Some(Duration::from_millis(1)));
+        // At the cut: hold the input there until every operator has processed every tick
+        // below it, save, and vote on the next cut.
+        if c > *input.time() {
+            input.advance_to(c);
+        }
+        worker.step_while(|| probe.less_than(&c));
+        let number = sched.next_number;
+        let dir = sched.opts.dir.clone();
+        let saved = checkpoint::WorkerSnapshot {
+            cut: c,
+            peers,
+            worker: index,
+            positions: ingest.positions(c),
+            orders: order_state.borrow().snapshot(),
+            risk: risk_state.borrow().snapshot(),
+            cells: cell_state.borrow().snapshot(),
+        };
+        checkpoint::save_worker(&dir, number, &saved)
+            .unwrap_or_else(|e| panic!("writing checkpoint {number}: {e}"));
+        if first_local {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let _ = sink.send(SinkMessage::Checkpoint(tx));
+            let sinks = rx.recv().unwrap_or(None);
+            let p = checkpoint::ProcessSnapshot {
+                cut: c,
+                peers,
+                sinks,
+                counters: counters.values(),
+            };
+            checkpoint::save_process(&dir, number, process, &p)
+                .unwrap_or_else(|e| panic!("writing checkpoint {number}: {e}"));
+        }
+        let round = sched.round;
+        let ballot = sched.ballot(index, natural, finished);
+        let decision = vote(
+            worker,
+            &mut ballot_input,
+            &ballot_probe,
+            &ballots,
+            round,
+            c,
+            ballot,
+        );
+        // Every worker of the cluster wrote its part before voting.
+        if first_local {
+            checkpoint::commit(&dir, number, process)
+                .unwrap_or_else(|e| panic!("committing checkpoint {number}: {e}"));
+        }
+        tracing::debug!(
+            worker = index,
+            checkpoint = number,
+            cut = c,
+            "checkpoint written"
+        );
+        sched.advance(&decision, natural);
+        if decision.next_cut.is_none() {
+            break;
         }
     }
+    drop(ballot_input);
     let t = *input.time();
     worker.step_while(|| probe.less_than(&t));
-    if index == 0 {
+    if first_local {
         stats.rss_at_input_end = crate::bench::rss_bytes();
     }
     let ingest_done = Instant::now();
@@ -579,6 +810,35 @@ fn run_worker(
     );
     stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
     stats
+}
+
+/// One vote round: sends this worker's ballot, waits until every worker's ballot of the round
+/// has arrived, and decides.
+fn vote(
+    worker: &mut timely::worker::Worker,
+    input: &mut InputHandleVec<u64, (u64, Ballot)>,
+    probe: &ProbeHandle<u64>,
+    ballots: &Rc<RefCell<Vec<(u64, Ballot)>>>,
+    round: u64,
+    cut: u64,
+    ballot: Ballot,
+) -> checkpoint::Decision {
+    input.send((round, ballot));
+    input.advance_to(round + 1);
+    worker.step_while(|| probe.less_than(&(round + 1)));
+    let mut all = ballots.borrow_mut();
+    let these: Vec<Ballot> = all
+        .iter()
+        .filter(|(r, _)| *r == round)
+        .map(|(_, b)| b.clone())
+        .collect();
+    all.retain(|(r, _)| *r > round);
+    assert_eq!(
+        these.len(),
+        worker.peers(),
+        "every worker votes once per round"
+    );
+    checkpoint::decide(cut, &these)
 }
 
 /// Events a worker ingests between checks of the dataflow's progress.

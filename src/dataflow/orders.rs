@@ -78,7 +78,7 @@ pub struct OrderOutputs {
     pub applied: Vec<OrderEvent>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 enum TimerKind {
     ShipBy,
     Delivery,
@@ -86,7 +86,7 @@ enum TimerKind {
     Retention,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Created {
     ts: i64,
     promised_ts: i64,
@@ -96,7 +96,7 @@ struct Created {
     transit_ms: i64,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct OrderRecord {
     dims: Arc<Dims>,
     created: Option<Created>,
@@ -126,6 +126,15 @@ impl OrderRecord {
     }
 }
 
+/// The part of an [`OrderState`] a checkpoint keeps: everything derived from the ticks already
+/// processed. Stashed events (ticks at or after the cut) are not in it; the source replays them.
+#[derive(Serialize, Deserialize)]
+pub struct OrderStateSnapshot {
+    orders: Vec<(CompactString, OrderRecord)>,
+    timers: BTreeMap<u64, Vec<(i64, TimerKind, CompactString, u64)>>,
+    next_generation: u64,
+}
+
 /// Per-worker state of the operator.
 pub struct OrderState {
     spec: std::sync::Arc<PipelineSpec>,
@@ -139,6 +148,8 @@ pub struct OrderState {
     touched: FxHashSet<CompactString>,
     /// Copy every applied event to [`OrderOutputs::applied`] (the server's order view).
     pub record_applied: bool,
+    /// Backlog updates that rebuild differential's counts after a restore.
+    reinject: Vec<BacklogUpdate>,
 }
 
 fn hash_str(s: &str) -> u64 {
@@ -169,12 +180,47 @@ impl OrderState {
             gauges,
             touched: FxHashSet::default(),
             record_applied: false,
+            reinject: Vec::new(),
         }
     }
 
     /// Number of live order records.
     pub fn live_orders(&self) -> usize {
         self.orders.len()
+    }
+
+    /// The processed part of the state, at a cut where every tick below the frontier is done.
+    pub fn snapshot(&self) -> OrderStateSnapshot {
+        OrderStateSnapshot {
+            orders: self
+                .orders
+                .iter()
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect(),
+            timers: self.timers.clone(),
+            next_generation: self.next_generation,
+        }
+    }
+
+    /// Restores a snapshot taken at `cut` into an empty state. Differential's backlog count is
+    /// not in the snapshot: every order in the backlog is emitted again at tick `cut - 1`, which
+    /// rebuilds the counts without changing a level the cell operator already holds.
+    pub fn restore(&mut self, snapshot: OrderStateSnapshot, cut: u64) {
+        self.orders = snapshot.orders.into_iter().collect();
+        self.timers = snapshot.timers;
+        self.next_generation = snapshot.next_generation;
+        let tick = cut.saturating_sub(1);
+        let backlog: Vec<Arc<Dims>> = self
+            .orders
+            .values()
+            .filter(|r| r.in_backlog)
+            .map(|r| r.dims.clone())
+            .collect();
+        let mut out = OrderOutputs::default();
+        for dims in backlog {
+            self.emit_backlog(tick, &dims, 1, &mut out);
+        }
+        self.reinject = out.backlog;
     }
 
     /// Stashes an accepted event until its tick is complete.
@@ -187,6 +233,7 @@ impl OrderState {
 
     /// Applies every stashed event and due timer of ticks `< frontier` (all, if `None`), in tick order.
     pub fn advance(&mut self, frontier: Option<u64>, out: &mut OrderOutputs) {
+        out.backlog.append(&mut self.reinject);
         while let Some(tick) = crate::dataflow::next_due(&self.stash, &self.timers, frontier) {
             self.process_tick(tick, out);
         }

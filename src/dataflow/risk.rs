@@ -39,6 +39,7 @@ pub struct RiskOutputs {
     pub scores: Vec<RiskScore>,
 }
 
+#[derive(Clone, Serialize, Deserialize)]
 struct OpenOrder {
     route: Route,
     snapshot: RiskSnapshot,
@@ -49,6 +50,15 @@ struct OpenOrder {
     fired: u8,
     /// The pending band check, if any (event time).
     check_at: Option<i64>,
+}
+
+/// The part of a [`RiskState`] a checkpoint keeps (all of it but the stash, which is empty at a
+/// cut: the order operator emits risk updates only for ticks it has processed).
+#[derive(Serialize, Deserialize)]
+pub struct RiskStateSnapshot {
+    stats: Vec<(Route, RouteStats)>,
+    open: Vec<(CompactString, OpenOrder)>,
+    checks: BTreeMap<u64, Vec<(i64, CompactString)>>,
 }
 
 pub struct RiskState {
@@ -81,6 +91,25 @@ impl RiskState {
             stash: BTreeMap::new(),
             checks: BTreeMap::new(),
         }
+    }
+
+    pub fn snapshot(&self) -> RiskStateSnapshot {
+        debug_assert!(self.stash.is_empty(), "risk updates pending at a cut");
+        RiskStateSnapshot {
+            stats: self.stats.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            open: self
+                .open
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            checks: self.checks.clone(),
+        }
+    }
+
+    pub fn restore(&mut self, snapshot: RiskStateSnapshot) {
+        self.stats = snapshot.stats.into_iter().collect();
+        self.open = snapshot.open.into_iter().collect();
+        self.checks = snapshot.checks;
     }
 
     pub fn stash(&mut self, update: RiskUpdate) {

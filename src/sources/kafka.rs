@@ -210,7 +210,7 @@ impl KafkaSource {
         self.progress.clone()
     }
 
-    fn consumer(&self, owned: &[u32]) -> Result<Arc<SourceConsumer>> {
+    fn consumer(&self, owned: &[u32], start: &StartOffsets) -> Result<Arc<SourceConsumer>> {
         let consumer: SourceConsumer = client_config(
             &self.cfg.kafka,
             &[
@@ -232,7 +232,7 @@ impl KafkaSource {
         .context("creating a Kafka consumer")?;
         let mut tpl = TopicPartitionList::new();
         for &p in owned {
-            let offset = match &self.cfg.start {
+            let offset = match start {
                 StartOffsets::Earliest => Offset::Beginning,
                 StartOffsets::Latest => Offset::End,
                 StartOffsets::At(at) => {
@@ -267,13 +267,34 @@ impl Source for KafkaSource {
     }
 
     fn readers(&self, worker: usize, peers: usize) -> Vec<Box<dyn PartitionReader>> {
+        self.readers_at(worker, peers, &self.cfg.start)
+    }
+
+    fn readers_from(
+        &self,
+        worker: usize,
+        peers: usize,
+        start: &BTreeMap<u32, u64>,
+    ) -> Vec<Box<dyn PartitionReader>> {
+        let at = start.iter().map(|(&p, &o)| (p, o as i64)).collect();
+        self.readers_at(worker, peers, &StartOffsets::At(at))
+    }
+}
+
+impl KafkaSource {
+    fn readers_at(
+        &self,
+        worker: usize,
+        peers: usize,
+        start: &StartOffsets,
+    ) -> Vec<Box<dyn PartitionReader>> {
         let owned: Vec<u32> = (0..self.partitions)
             .filter(|p| *p as usize % peers == worker)
             .collect();
         if owned.is_empty() {
             return Vec::new();
         }
-        let consumer = match self.consumer(&owned) {
+        let consumer = match self.consumer(&owned, start) {
             Ok(c) => c,
             Err(e) => panic!("worker {worker}: {e:#}"),
         };

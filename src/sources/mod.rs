@@ -74,6 +74,66 @@ pub trait Source: Send + Sync {
     fn describe(&self) -> String;
     /// Readers for partitions `p` with `p % peers == worker`.
     fn readers(&self, worker: usize, peers: usize) -> Vec<Box<dyn PartitionReader>>;
+    /// Readers positioned at `start` (next offset per partition; unlisted partitions from
+    /// their beginning), for resuming from a checkpoint. By default the partitions are read
+    /// from the beginning and the events before `start` are skipped; sources that can seek
+    /// (Kafka) override this.
+    fn readers_from(
+        &self,
+        worker: usize,
+        peers: usize,
+        start: &std::collections::BTreeMap<u32, u64>,
+    ) -> Vec<Box<dyn PartitionReader>> {
+        self.readers(worker, peers)
+            .into_iter()
+            .map(|r| match start.get(&r.partition()) {
+                Some(&from) if from > 0 => Box::new(SkipTo {
+                    inner: r,
+                    from,
+                    scratch: RawBatch::default(),
+                }) as Box<dyn PartitionReader>,
+                _ => r,
+            })
+            .collect()
+    }
+}
+
+/// A reader that drops the events before offset `from` (resuming a source that cannot seek).
+struct SkipTo {
+    inner: Box<dyn PartitionReader>,
+    from: u64,
+    scratch: RawBatch,
+}
+
+impl PartitionReader for SkipTo {
+    fn partition(&self) -> u32 {
+        self.inner.partition()
+    }
+
+    fn poll(&mut self, max_events: usize, batch: &mut RawBatch) -> PollStatus {
+        loop {
+            self.scratch.clear();
+            let status = self.inner.poll(max_events, &mut self.scratch);
+            if status != PollStatus::Ready {
+                return status;
+            }
+            let first = self.scratch.first_offset;
+            let mut appended = false;
+            for (i, raw) in self.scratch.iter().enumerate() {
+                let offset = first + i as u64;
+                if offset >= self.from {
+                    if !appended {
+                        batch.first_offset = offset;
+                        appended = true;
+                    }
+                    batch.push(raw);
+                }
+            }
+            if appended {
+                return PollStatus::Ready;
+            }
+        }
+    }
 }
 
 /// Partition of an order id for keyed sources (stable across runs and platforms: FNV-1a).
