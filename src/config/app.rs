@@ -287,6 +287,51 @@ impl AppConfig {
         Ok(cfg)
     }
 
+    /// Every environment variable the program reads, documented one by one in `.env.example`
+    /// (`tests/deploy.rs` demands the same names there). All but [`Self::ENV_READ_ELSEWHERE`]
+    /// are settings `apply_env` below understands; add a name here with its match arm. Besides
+    /// these, every other `KAFKA_<NAME>` passes through as the librdkafka property `<name>`.
+    pub const ENV_VARS: &'static [&'static str] = &[
+        "FULFILLMENT_PIPELINE",
+        "FULFILLMENT_WORKERS",
+        "FULFILLMENT_OUT_DIR",
+        "FULFILLMENT_SOURCE",
+        "FULFILLMENT_RATE",
+        "FULFILLMENT_SPEED",
+        "FULFILLMENT_KPI_UPDATE_INTERVAL",
+        "FULFILLMENT_MAX_EVENT_BYTES",
+        "FULFILLMENT_DATA_DIR",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "FULFILLMENT_KAFKA_TOPICS_FILE",
+        "FULFILLMENT_KB_DATA_DIR",
+        "FULFILLMENT_KB_EMBEDDER",
+        "FULFILLMENT_KB_EMBEDDING_MODEL",
+        "OPENAI_BASE_URL",
+        "OPENAI_API_KEY",
+        "FULFILLMENT_OPENAI_TIMEOUT",
+        "FULFILLMENT_AGENTS",
+        "DATABASE_URL",
+        "FULFILLMENT_LLM_BACKEND",
+        "FULFILLMENT_LLM_MODEL",
+        "FULFILLMENT_SERVE",
+        "FULFILLMENT_LISTEN",
+        "FULFILLMENT_API_KEY",
+        "FULFILLMENT_CHECKPOINT",
+        "FULFILLMENT_STATE_DIR",
+        "FULFILLMENT_CHECKPOINT_INTERVAL",
+        "RUST_LOG",
+    ];
+
+    /// The names of [`Self::ENV_VARS`] read outside `apply_env`: the API keys (the default
+    /// values of `openai.api_key_env` and `serve.api_key_env`), the dataset directory of the
+    /// Superstore source, and the log filter.
+    pub const ENV_READ_ELSEWHERE: &'static [&'static str] = &[
+        "OPENAI_API_KEY",
+        "FULFILLMENT_API_KEY",
+        "FULFILLMENT_DATA_DIR",
+        "RUST_LOG",
+    ];
+
     fn apply_env(
         &mut self,
         env: impl IntoIterator<Item = (String, String)>,
@@ -624,5 +669,112 @@ mod tests {
         );
         let e = AppConfig::load(Some(Path::new("config/missing.yaml")), Vec::new()).unwrap_err();
         assert_eq!(e.file, "config/missing.yaml");
+    }
+
+    /// A valid value, different from the default, for each setting `apply_env` understands.
+    fn sample_value(name: &str) -> &'static str {
+        match name {
+            "FULFILLMENT_PIPELINE" => "pipelines/other.yaml",
+            "FULFILLMENT_WORKERS" => "3",
+            "FULFILLMENT_OUT_DIR" => "/var/lib/fulfillment/out",
+            "FULFILLMENT_SOURCE" => "kafka",
+            "FULFILLMENT_RATE" => "42",
+            "FULFILLMENT_SPEED" => "60x",
+            "FULFILLMENT_KPI_UPDATE_INTERVAL" => "1s",
+            "FULFILLMENT_MAX_EVENT_BYTES" => "4096",
+            "KAFKA_BOOTSTRAP_SERVERS" => "kafka:9092",
+            "FULFILLMENT_KAFKA_TOPICS_FILE" => "/etc/fulfillment/topics.yaml",
+            "FULFILLMENT_KB_DATA_DIR" => "/var/lib/fulfillment/kb",
+            "FULFILLMENT_KB_EMBEDDER" => "hashed",
+            "FULFILLMENT_KB_EMBEDDING_MODEL" => "nomic-embed-text",
+            "OPENAI_BASE_URL" => "http://llm:11434/v1",
+            "FULFILLMENT_OPENAI_TIMEOUT" => "5s",
+            "FULFILLMENT_AGENTS" => "false",
+            "DATABASE_URL" => "postgres://app@db/cases",
+            "FULFILLMENT_LLM_BACKEND" => "offline",
+            "FULFILLMENT_LLM_MODEL" => "llama3.1",
+            "FULFILLMENT_SERVE" => "false",
+            "FULFILLMENT_LISTEN" => "0.0.0.0:8000",
+            "FULFILLMENT_CHECKPOINT" => "true",
+            "FULFILLMENT_STATE_DIR" => "/var/lib/fulfillment/state",
+            "FULFILLMENT_CHECKPOINT_INTERVAL" => "30s",
+            other => panic!("{other}: give it a sample value in this test"),
+        }
+    }
+
+    #[test]
+    fn every_listed_setting_is_applied_and_the_rest_are_read_elsewhere() {
+        let mut names = AppConfig::ENV_VARS.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            AppConfig::ENV_VARS.len(),
+            "a name is listed twice"
+        );
+        for name in AppConfig::ENV_VARS {
+            let mut cfg = AppConfig::default();
+            let elsewhere = AppConfig::ENV_READ_ELSEWHERE.contains(name);
+            let value = if elsewhere { "x" } else { sample_value(name) };
+            cfg.apply_env(env(&[(name, value)])).unwrap();
+            if elsewhere {
+                assert_eq!(
+                    cfg,
+                    AppConfig::default(),
+                    "{name} is not a settings variable"
+                );
+            } else {
+                assert_ne!(cfg, AppConfig::default(), "{name} changed nothing");
+                cfg.validate("test").unwrap();
+            }
+        }
+        for name in AppConfig::ENV_READ_ELSEWHERE {
+            assert!(
+                AppConfig::ENV_VARS.contains(name),
+                "{name} is not in ENV_VARS"
+            );
+        }
+        // Where the other names are read.
+        assert_eq!(
+            AppConfig::default().serve.api_key_env,
+            "FULFILLMENT_API_KEY"
+        );
+        assert_eq!(AppConfig::default().openai.api_key_env, "OPENAI_API_KEY");
+        assert!(include_str!("../sources/superstore.rs").contains("\"FULFILLMENT_DATA_DIR\""));
+        assert!(include_str!("../main.rs").contains("EnvFilter::try_from_default_env"));
+    }
+
+    #[test]
+    fn env_list_names_every_variable_apply_env_matches() {
+        // The body of `apply_env` in this file: every `key == "NAME"` and every
+        // `"NAME" =>` arm (a FULFILLMENT_ suffix) must be listed.
+        let src = include_str!("app.rs");
+        let start = src.find("    fn apply_env(").expect("apply_env in app.rs");
+        let end = start
+            + src[start..]
+                .find("    fn validate(")
+                .expect("validate after it");
+        let body = &src[start..end];
+        let quoted = |line: &str| line.split('"').nth(1).map(str::to_string);
+        let mut handled = vec!["KAFKA_BOOTSTRAP_SERVERS".to_string()];
+        for line in body.lines().map(str::trim) {
+            if line.starts_with("if key == \"") {
+                handled.extend(quoted(line));
+            } else if line.starts_with('"') && line.contains("\" =>") {
+                handled.extend(quoted(line).map(|f| format!("FULFILLMENT_{f}")));
+            }
+        }
+        assert!(handled.len() > 20, "parsed only {handled:?}");
+        let mut listed: Vec<String> = AppConfig::ENV_VARS
+            .iter()
+            .filter(|n| !AppConfig::ENV_READ_ELSEWHERE.contains(n))
+            .map(|n| n.to_string())
+            .collect();
+        listed.sort();
+        handled.sort();
+        assert_eq!(
+            listed, handled,
+            "AppConfig::ENV_VARS and apply_env disagree"
+        );
     }
 }
