@@ -16,7 +16,10 @@
 //!
 //! Workers vote after every cut (a broadcast over a small timely dataflow): the vote carries
 //! each worker's natural frontier and worker 0's proposal of the next cut, spaced so that cuts
-//! come about every `interval` of wall time whatever the event-time speed.
+//! come about every `interval` of wall time whatever the event-time speed. A worker encodes its
+//! state at the cut and a background thread writes it; the worker waits for that write before
+//! its ballot at the next cut, so that vote proves the checkpoint durable everywhere and
+//! commits it (the last one is committed by a final vote when the input has ended).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -54,16 +57,16 @@ pub struct PartitionPosition {
     pub replay_max_ts: Option<i64>,
 }
 
-/// One worker's part of a checkpoint.
+/// One worker's part of a checkpoint (borrowing the operator states when saved).
 #[derive(Serialize, Deserialize)]
-pub struct WorkerSnapshot {
+pub struct WorkerSnapshot<'a> {
     pub cut: u64,
     pub peers: usize,
     pub worker: usize,
     pub positions: Vec<PartitionPosition>,
-    pub orders: OrderStateSnapshot,
-    pub risk: RiskStateSnapshot,
-    pub cells: CellStateSnapshot,
+    pub orders: OrderStateSnapshot<'a>,
+    pub risk: RiskStateSnapshot<'a>,
+    pub cells: CellStateSnapshot<'a>,
 }
 
 /// Lengths of the collector's output files at a cut (a restore truncates them there).
@@ -75,18 +78,6 @@ pub struct SinkPositions {
     pub late_events: u64,
 }
 
-/// Job counters at a cut.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CounterValues {
-    pub received: u64,
-    pub accepted: u64,
-    pub dead_lettered: u64,
-    pub late: u64,
-    pub duplicates: u64,
-    pub facts: u64,
-    pub deviations: u64,
-}
-
 /// One process's part of a checkpoint.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ProcessSnapshot {
@@ -94,7 +85,8 @@ pub struct ProcessSnapshot {
     /// Workers in the whole cluster when it was taken.
     pub peers: usize,
     pub sinks: Option<SinkPositions>,
-    pub counters: CounterValues,
+    /// Job counters at the cut (the collector's KPI counts are not kept).
+    pub counters: crate::dataflow::Counters,
 }
 
 /// A worker's ballot in a vote round.
@@ -180,7 +172,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+pub fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
     bincode::serialize(value).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
@@ -194,13 +186,16 @@ fn decode<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<T> {
     })
 }
 
-pub fn save_worker(dir: &Path, n: u64, s: &WorkerSnapshot) -> std::io::Result<()> {
-    let path = checkpoint_dir(dir, n).join(format!("worker-{}.bin", s.worker));
-    write_atomic(&path, &encode(s)?)
+pub fn worker_path(dir: &Path, n: u64, worker: usize) -> PathBuf {
+    checkpoint_dir(dir, n).join(format!("worker-{worker}.bin"))
 }
 
-pub fn load_worker(dir: &Path, n: u64, worker: usize) -> std::io::Result<WorkerSnapshot> {
-    decode(&checkpoint_dir(dir, n).join(format!("worker-{worker}.bin")))
+pub fn process_path(dir: &Path, n: u64, process: usize) -> PathBuf {
+    checkpoint_dir(dir, n).join(format!("process-{process}.bin"))
+}
+
+pub fn load_worker(dir: &Path, n: u64, worker: usize) -> std::io::Result<WorkerSnapshot<'static>> {
+    decode(&worker_path(dir, n, worker))
 }
 
 pub fn save_process(
@@ -209,16 +204,43 @@ pub fn save_process(
     process: usize,
     s: &ProcessSnapshot,
 ) -> std::io::Result<()> {
-    let path = checkpoint_dir(dir, n).join(format!("process-{process}.bin"));
-    write_atomic(&path, &encode(s)?)
+    write_atomic(&process_path(dir, n, process), &encode(s)?)
 }
 
 pub fn load_process(dir: &Path, n: u64, process: usize) -> std::io::Result<ProcessSnapshot> {
-    decode(&checkpoint_dir(dir, n).join(format!("process-{process}.bin")))
+    decode(&process_path(dir, n, process))
+}
+
+/// A checkpoint's files being written in the background: the workers encode their state at
+/// the cut (fast, in memory) and go on; the files must be durable before the worker's ballot at
+/// the next cut, and that vote commits the checkpoint.
+pub struct PendingWrite {
+    pub number: u64,
+    handle: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl PendingWrite {
+    pub fn spawn(number: u64, files: Vec<(PathBuf, Vec<u8>)>) -> PendingWrite {
+        let handle = std::thread::spawn(move || {
+            for (path, bytes) in files {
+                write_atomic(&path, &bytes)?;
+            }
+            Ok(())
+        });
+        PendingWrite { number, handle }
+    }
+
+    /// Waits until the files are written; returns the checkpoint's number.
+    pub fn finish(self) -> std::io::Result<u64> {
+        self.handle
+            .join()
+            .map_err(|_| std::io::Error::other("the checkpoint writer panicked"))??;
+        Ok(self.number)
+    }
 }
 
 /// Marks checkpoint `n` complete for `process` (every worker of the cluster has written its
-/// part: the vote that follows the writes has been counted) and removes this process's older
+/// part: a vote that each worker casts after its write has been counted) and removes this process's older
 /// checkpoints but the previous one.
 pub fn commit(dir: &Path, n: u64, process: usize) -> std::io::Result<()> {
     write_atomic(

@@ -35,9 +35,10 @@ pub struct SharedCounters {
 
 impl SharedCounters {
     /// The values a checkpoint keeps.
-    pub fn values(&self) -> crate::dataflow::checkpoint::CounterValues {
+    /// The current values (the collector's KPI counts are zero here).
+    pub fn values(&self) -> crate::dataflow::Counters {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        crate::dataflow::checkpoint::CounterValues {
+        crate::dataflow::Counters {
             received: l(&self.received),
             accepted: l(&self.accepted),
             dead_lettered: l(&self.dead_lettered),
@@ -45,11 +46,13 @@ impl SharedCounters {
             duplicates: l(&self.duplicates),
             facts: l(&self.facts),
             deviations: l(&self.deviations),
+            kpi_updates: 0,
+            final_kpis: 0,
         }
     }
 
     /// Continues counting from a checkpoint's values.
-    pub fn restore(&self, v: &crate::dataflow::checkpoint::CounterValues) {
+    pub fn restore(&self, v: &crate::dataflow::Counters) {
         let s = |a: &AtomicU64, x: u64| a.store(x, Ordering::Relaxed);
         s(&self.received, v.received);
         s(&self.accepted, v.accepted);

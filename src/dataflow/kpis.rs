@@ -7,6 +7,7 @@
 //! cell) and KPI deviations. Partials are exchanged by series (kpi, dimension set, labels), so a
 //! series' windows and its anomaly baseline live on one worker.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
@@ -206,11 +207,11 @@ struct Cell {
 /// The part of a [`CellState`] a checkpoint keeps: open windows, their closing schedule, backlog
 /// levels and anomaly baselines. Pending level changes are empty at a cut.
 #[derive(Serialize, Deserialize)]
-pub struct CellStateSnapshot {
-    cells: Vec<(CellKey, Cell)>,
-    closing: BTreeMap<u64, Vec<CellKey>>,
-    levels: Vec<((u16, u16, u64), i64)>,
-    history: Vec<((u16, u16, u64), VecDeque<f64>)>,
+pub struct CellStateSnapshot<'a> {
+    cells: Cow<'a, FxHashMap<CellKey, Cell>>,
+    closing: Cow<'a, BTreeMap<u64, Vec<CellKey>>>,
+    levels: Cow<'a, FxHashMap<(u16, u16, u64), i64>>,
+    history: Cow<'a, FxHashMap<(u16, u16, u64), VecDeque<f64>>>,
 }
 
 /// Per-worker state of the cell operator.
@@ -254,24 +255,24 @@ impl CellState {
         }
     }
 
-    pub fn snapshot(&self) -> CellStateSnapshot {
+    pub fn snapshot(&self) -> CellStateSnapshot<'_> {
         debug_assert!(
             self.levels_pending.is_empty(),
             "level changes pending at a cut"
         );
         CellStateSnapshot {
-            cells: self.cells.iter().map(|(k, c)| (*k, c.clone())).collect(),
-            closing: self.closing.clone(),
-            levels: self.levels.iter().map(|(k, v)| (*k, *v)).collect(),
-            history: self.history.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            cells: Cow::Borrowed(&self.cells),
+            closing: Cow::Borrowed(&self.closing),
+            levels: Cow::Borrowed(&self.levels),
+            history: Cow::Borrowed(&self.history),
         }
     }
 
     pub fn restore(&mut self, snapshot: CellStateSnapshot) {
-        self.cells = snapshot.cells.into_iter().collect();
-        self.closing = snapshot.closing;
-        self.levels = snapshot.levels.into_iter().collect();
-        self.history = snapshot.history.into_iter().collect();
+        self.cells = snapshot.cells.into_owned();
+        self.closing = snapshot.closing.into_owned();
+        self.levels = snapshot.levels.into_owned();
+        self.history = snapshot.history.into_owned();
     }
 
     fn cell(&mut self, key: CellKey, labels: &Labels) -> &mut Cell {

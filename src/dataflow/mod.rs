@@ -127,7 +127,7 @@ impl Default for JobOptions {
 }
 
 /// Counters of a finished job.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     pub received: u64,
     pub accepted: u64,
@@ -255,17 +255,10 @@ pub fn run_job(
         .join()
         .map_err(|_| JobError::Worker("sink collector panicked".into()))?
         .map_err(JobError::Sink)?;
-    let c = &counters;
     let counters = Counters {
-        received: c.received.load(Ordering::Relaxed),
-        accepted: c.accepted.load(Ordering::Relaxed),
-        dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-        late: c.late.load(Ordering::Relaxed),
-        duplicates: c.duplicates.load(Ordering::Relaxed),
-        facts: c.facts.load(Ordering::Relaxed),
-        deviations: c.deviations.load(Ordering::Relaxed),
         kpi_updates: collected.kpi_updates,
         final_kpis: collected.final_count,
+        ..counters.values()
     };
     Ok(JobReport {
         final_kpis: collected.final_kpis,
@@ -579,6 +572,7 @@ fn run_worker(
     let ballot_probe = ProbeHandle::new();
     let ballots: Rc<RefCell<Vec<(u64, Ballot)>>> = Rc::default();
     let mut resumed = None;
+    let mut pending_write: Option<checkpoint::PendingWrite> = None;
     if let Some(sched) = schedule.as_mut() {
         let seen = ballots.clone();
         worker.dataflow::<u64, _, _>(|scope| {
@@ -738,7 +732,7 @@ fn run_worker(
         worker.step_while(|| probe.less_than(&c));
         let number = sched.next_number;
         let dir = sched.opts.dir.clone();
-        let saved = checkpoint::WorkerSnapshot {
+        let encoded = checkpoint::encode(&checkpoint::WorkerSnapshot {
             cut: c,
             peers,
             worker: index,
@@ -746,9 +740,11 @@ fn run_worker(
             orders: order_state.borrow().snapshot(),
             risk: risk_state.borrow().snapshot(),
             cells: cell_state.borrow().snapshot(),
-        };
-        checkpoint::save_worker(&dir, number, &saved)
-            .unwrap_or_else(|e| panic!("writing checkpoint {number}: {e}"));
+        });
+        let mut files = vec![(
+            checkpoint::worker_path(&dir, number, index),
+            encoded.unwrap_or_else(|e| panic!("encoding checkpoint {number}: {e}")),
+        )];
         if first_local {
             let (tx, rx) = crossbeam_channel::bounded(1);
             let _ = sink.send(SinkMessage::Checkpoint(tx));
@@ -759,9 +755,15 @@ fn run_worker(
                 sinks,
                 counters: counters.values(),
             };
-            checkpoint::save_process(&dir, number, process, &p)
-                .unwrap_or_else(|e| panic!("writing checkpoint {number}: {e}"));
+            files.push((
+                checkpoint::process_path(&dir, number, process),
+                checkpoint::encode(&p)
+                    .unwrap_or_else(|e| panic!("encoding checkpoint {number}: {e}")),
+            ));
         }
+        // The previous checkpoint's files are durable before this worker votes, so the vote
+        // commits it everywhere.
+        let durable = pending_write.take().map(finish_write);
         let round = sched.round;
         let ballot = sched.ballot(index, natural, finished);
         let decision = vote(
@@ -773,20 +775,36 @@ fn run_worker(
             c,
             ballot,
         );
-        // Every worker of the cluster wrote its part before voting.
-        if first_local {
-            checkpoint::commit(&dir, number, process)
-                .unwrap_or_else(|e| panic!("committing checkpoint {number}: {e}"));
+        if let (true, Some(m)) = (first_local, durable) {
+            commit_checkpoint(&dir, m, process);
         }
+        pending_write = Some(checkpoint::PendingWrite::spawn(number, files));
         tracing::debug!(
             worker = index,
             checkpoint = number,
             cut = c,
-            "checkpoint written"
+            "checkpoint taken"
         );
         sched.advance(&decision, natural);
         if decision.next_cut.is_none() {
             break;
+        }
+    }
+    // The last checkpoint: durable everywhere, then committed.
+    if let (Some(sched), Some(w)) = (schedule.as_ref(), pending_write.take()) {
+        let m = finish_write(w);
+        let ballot = sched.ballot(index, natural, true);
+        vote(
+            worker,
+            &mut ballot_input,
+            &ballot_probe,
+            &ballots,
+            sched.round,
+            natural,
+            ballot,
+        );
+        if first_local {
+            commit_checkpoint(&sched.opts.dir, m, process);
         }
     }
     drop(ballot_input);
@@ -810,6 +828,17 @@ fn run_worker(
     );
     stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
     stats
+}
+
+fn finish_write(w: checkpoint::PendingWrite) -> u64 {
+    let n = w.number;
+    w.finish()
+        .unwrap_or_else(|e| panic!("writing checkpoint {n}: {e}"))
+}
+
+fn commit_checkpoint(dir: &std::path::Path, n: u64, process: usize) {
+    checkpoint::commit(dir, n, process)
+        .unwrap_or_else(|e| panic!("committing checkpoint {n}: {e}"));
 }
 
 /// One vote round: sends this worker's ballot, waits until every worker's ballot of the round

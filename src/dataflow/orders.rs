@@ -9,6 +9,7 @@
 //! `(ts, event_id, type)`; then timers due in that tick fire. That makes every output a function
 //! of the set of accepted events, whatever order they arrived in (docs/SEMANTICS.md sections 2-3).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -128,12 +129,16 @@ impl OrderRecord {
 
 /// The part of an [`OrderState`] a checkpoint keeps: everything derived from the ticks already
 /// processed. Stashed events (ticks at or after the cut) are not in it; the source replays them.
+/// Borrowed when saved (no copy of the state), owned when loaded.
 #[derive(Serialize, Deserialize)]
-pub struct OrderStateSnapshot {
-    orders: Vec<(CompactString, OrderRecord)>,
-    timers: BTreeMap<u64, Vec<(i64, TimerKind, CompactString, u64)>>,
+pub struct OrderStateSnapshot<'a> {
+    orders: Cow<'a, FxHashMap<CompactString, OrderRecord>>,
+    timers: Cow<'a, Timers>,
     next_generation: u64,
 }
+
+/// Deadline timers by tick: (deadline, kind, order id, generation of the order's record).
+type Timers = BTreeMap<u64, Vec<(i64, TimerKind, CompactString, u64)>>;
 
 /// Per-worker state of the operator.
 pub struct OrderState {
@@ -141,7 +146,7 @@ pub struct OrderState {
     clock: TickClock,
     orders: FxHashMap<CompactString, OrderRecord>,
     stash: BTreeMap<u64, Vec<OrderEvent>>,
-    timers: BTreeMap<u64, Vec<(i64, TimerKind, CompactString, u64)>>,
+    timers: Timers,
     next_generation: u64,
     /// Gauge KPIs: (kpi index, dimension sets).
     gauges: Vec<(u16, Vec<Vec<crate::model::facts::Dimension>>)>,
@@ -190,14 +195,10 @@ impl OrderState {
     }
 
     /// The processed part of the state, at a cut where every tick below the frontier is done.
-    pub fn snapshot(&self) -> OrderStateSnapshot {
+    pub fn snapshot(&self) -> OrderStateSnapshot<'_> {
         OrderStateSnapshot {
-            orders: self
-                .orders
-                .iter()
-                .map(|(k, r)| (k.clone(), r.clone()))
-                .collect(),
-            timers: self.timers.clone(),
+            orders: Cow::Borrowed(&self.orders),
+            timers: Cow::Borrowed(&self.timers),
             next_generation: self.next_generation,
         }
     }
@@ -206,8 +207,8 @@ impl OrderState {
     /// not in the snapshot: every order in the backlog is emitted again at tick `cut - 1`, which
     /// rebuilds the counts without changing a level the cell operator already holds.
     pub fn restore(&mut self, snapshot: OrderStateSnapshot, cut: u64) {
-        self.orders = snapshot.orders.into_iter().collect();
-        self.timers = snapshot.timers;
+        self.orders = snapshot.orders.into_owned();
+        self.timers = snapshot.timers.into_owned();
         self.next_generation = snapshot.next_generation;
         let tick = cut.saturating_sub(1);
         let backlog: Vec<Arc<Dims>> = self

@@ -10,6 +10,7 @@
 //! the next band if nothing changed), then `t`'s outcomes enter the statistics. A score therefore
 //! never sees the outcome it predicts, and an order costs a few scores, not one per time step.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use compact_str::CompactString;
@@ -55,10 +56,10 @@ struct OpenOrder {
 /// The part of a [`RiskState`] a checkpoint keeps (all of it but the stash, which is empty at a
 /// cut: the order operator emits risk updates only for ticks it has processed).
 #[derive(Serialize, Deserialize)]
-pub struct RiskStateSnapshot {
-    stats: Vec<(Route, RouteStats)>,
-    open: Vec<(CompactString, OpenOrder)>,
-    checks: BTreeMap<u64, Vec<(i64, CompactString)>>,
+pub struct RiskStateSnapshot<'a> {
+    stats: Cow<'a, FxHashMap<Route, RouteStats>>,
+    open: Cow<'a, FxHashMap<CompactString, OpenOrder>>,
+    checks: Cow<'a, BTreeMap<u64, Vec<(i64, CompactString)>>>,
 }
 
 pub struct RiskState {
@@ -93,23 +94,19 @@ impl RiskState {
         }
     }
 
-    pub fn snapshot(&self) -> RiskStateSnapshot {
+    pub fn snapshot(&self) -> RiskStateSnapshot<'_> {
         debug_assert!(self.stash.is_empty(), "risk updates pending at a cut");
         RiskStateSnapshot {
-            stats: self.stats.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            open: self
-                .open
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            checks: self.checks.clone(),
+            stats: Cow::Borrowed(&self.stats),
+            open: Cow::Borrowed(&self.open),
+            checks: Cow::Borrowed(&self.checks),
         }
     }
 
     pub fn restore(&mut self, snapshot: RiskStateSnapshot) {
-        self.stats = snapshot.stats.into_iter().collect();
-        self.open = snapshot.open.into_iter().collect();
-        self.checks = snapshot.checks;
+        self.stats = snapshot.stats.into_owned();
+        self.open = snapshot.open.into_owned();
+        self.checks = snapshot.checks.into_owned();
     }
 
     pub fn stash(&mut self, update: RiskUpdate) {
