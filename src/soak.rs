@@ -162,10 +162,14 @@ pub fn warmup_end(
         .position(|s| s.events >= min_events && s.input_event_time_ms >= steady_ms)
 }
 
-/// Events per second between the first sample at or past `from` events and the first at or past
-/// `to` events.
+/// Events per second over the shortest run of samples that covers `from..to` events: from the
+/// last sample at or before `from` (or the first sample) to the first at or past `to`.
 pub fn rate_between(samples: &[SoakSample], from: u64, to: u64) -> Option<f64> {
-    let a = samples.iter().find(|s| s.events >= from)?;
+    let a = samples
+        .iter()
+        .rev()
+        .find(|s| s.events <= from)
+        .or(samples.first())?;
     let b = samples.iter().find(|s| s.events >= to)?;
     (b.elapsed_s > a.elapsed_s).then(|| (b.events - a.events) as f64 / (b.elapsed_s - a.elapsed_s))
 }
@@ -609,7 +613,10 @@ mod tests {
         ];
         assert_eq!(rate_between(&s, 100, 500), Some(200.0));
         assert_eq!(rate_between(&s, 0, 450), Some(500.0 / 3.0));
+        // A span inside one interval is measured over that interval.
+        assert_eq!(rate_between(&s, 450, 500), Some(200.0));
         assert_eq!(rate_between(&s, 0, 600), None);
+        assert_eq!(rate_between(&s, 500, 500), None);
     }
 
     #[test]
