@@ -355,6 +355,9 @@ struct BenchArgs {
     /// Seconds of input per ramp step (the 50%/90% runs use --latency-seconds).
     #[arg(long, default_value_t = 15.0)]
     ramp_step_seconds: f64,
+    /// A step whose event -> KPI p99 latency is above this is not sustainable.
+    #[arg(long, default_value_t = 5000.0)]
+    ramp_max_p99_ms: f64,
     /// Output directory of --soak and --kafka-ramp (default: the configured out dir + /soak or
     /// /loadtest).
     #[arg(long)]
@@ -1200,7 +1203,10 @@ fn kafka_ramp_bench(
         step_seconds: a.ramp_step_seconds,
         latency_seconds: a.latency_seconds,
         workers: *a.workers.last().unwrap_or(&2),
-        criteria: Criteria::default(),
+        criteria: Criteria {
+            max_p99_ms: a.ramp_max_p99_ms,
+            ..Criteria::default()
+        },
     };
     let partitions = spec.time.partitions as usize;
     let input = |rate: f64, seconds: f64| {

@@ -17,7 +17,9 @@
 //!    record could be measured.
 //!
 //! The ramp multiplies the rate by `factor` while steps pass, then bisects (geometric mean)
-//! between the last passing and the first failing rate `refine` times ([`RampPlan`]).
+//! between the last passing and the first failing rate `refine` times ([`RampPlan`]). A failed
+//! step is measured once more before it counts: on a shared machine one step can fail because
+//! something else took the CPU, and a single failure would end the climb early.
 
 use std::time::Duration;
 
@@ -92,6 +94,8 @@ pub struct RampPlan {
     max_rate: f64,
     refine_left: usize,
     next: Option<f64>,
+    /// The rate whose failure is being re-measured.
+    retrying: Option<f64>,
     /// Highest rate that passed, lowest that failed.
     pub best: Option<f64>,
     pub first_bad: Option<f64>,
@@ -104,6 +108,7 @@ impl RampPlan {
             max_rate,
             refine_left: refine,
             next: (start > 0.0 && start <= max_rate).then_some(start),
+            retrying: None,
             best: None,
             first_bad: None,
         }
@@ -116,6 +121,12 @@ impl RampPlan {
 
     /// Records the verdict of the rate [`Self::next_rate`] returned and plans the next one.
     pub fn record(&mut self, rate: f64, sustainable: bool) {
+        let retry = !sustainable && self.retrying != Some(rate);
+        self.retrying = retry.then_some(rate);
+        if retry {
+            self.next = Some(rate);
+            return;
+        }
         if sustainable {
             self.best = Some(self.best.map_or(rate, |b| b.max(rate)));
         } else {
@@ -140,7 +151,7 @@ impl RampPlan {
 /// One measured step.
 #[derive(Clone, Debug, Serialize)]
 pub struct RampStep {
-    /// `ramp`, `refine`, `50%` or `90%`.
+    /// `ramp`, `retry` (a failed rate measured again), `refine`, `50%` or `90%`.
     pub phase: String,
     #[serde(flatten)]
     pub result: LatencyResult,
@@ -211,7 +222,12 @@ pub fn ramp(
         Ok(s)
     };
     while let Some(rate) = plan.next_rate() {
-        let phase = if plan.first_bad.is_some() {
+        let phase = if steps
+            .last()
+            .is_some_and(|s: &RampStep| !s.sustainable && s.result.target_rate == Some(rate))
+        {
+            "retry"
+        } else if plan.first_bad.is_some() {
             "refine"
         } else {
             "ramp"
@@ -349,12 +365,36 @@ mod tests {
             tried.push(r);
             plan.record(r, r <= 7_000.0);
         }
+        // Every failure is measured twice before it counts.
         assert_eq!(
             tried,
-            vec![2_000.0, 3_000.0, 4_500.0, 6_750.0, 10_125.0, 8_267.0, 7_470.0]
+            vec![
+                2_000.0, 3_000.0, 4_500.0, 6_750.0, 10_125.0, 10_125.0, 8_267.0, 8_267.0, 7_470.0,
+                7_470.0
+            ]
         );
         assert_eq!(plan.best, Some(6_750.0));
         assert_eq!(plan.first_bad, Some(7_470.0));
+    }
+
+    #[test]
+    fn one_noisy_failure_does_not_end_the_climb() {
+        // Sustains up to 7,000/s, but the first try at 4,500/s fails (something else ran).
+        let mut plan = RampPlan::new(2_000.0, 1.5, 100_000.0, 0);
+        let mut tried = Vec::new();
+        let mut flaked = false;
+        while let Some(r) = plan.next_rate() {
+            tried.push(r);
+            let noisy = r == 4_500.0 && !flaked;
+            let ok = r <= 7_000.0 && !noisy;
+            flaked |= r == 4_500.0;
+            plan.record(r, ok);
+        }
+        assert_eq!(
+            tried,
+            vec![2_000.0, 3_000.0, 4_500.0, 4_500.0, 6_750.0, 10_125.0, 10_125.0]
+        );
+        assert_eq!((plan.best, plan.first_bad), (Some(6_750.0), Some(10_125.0)));
     }
 
     #[test]
@@ -370,8 +410,10 @@ mod tests {
 
         let mut plan = RampPlan::new(1_000.0, 2.0, 5_000.0, 3);
         plan.record(1_000.0, false);
+        assert_eq!(plan.next_rate(), Some(1_000.0));
+        plan.record(1_000.0, false);
         assert_eq!(plan.next_rate(), None);
-        assert_eq!(plan.best, None);
+        assert_eq!((plan.best, plan.first_bad), (None, Some(1_000.0)));
     }
 
     #[test]
