@@ -36,7 +36,7 @@ use crate::sources::memory::MemoryPartitions;
 use crate::sources::{PollStatus, RawBatch, Source};
 
 /// Topics of `topics` renamed with a run-unique suffix, created on the broker.
-fn fresh_topics(kafka: &KafkaConfig, topics: &Topics, label: &str) -> Result<Topics> {
+pub(crate) fn fresh_topics(kafka: &KafkaConfig, topics: &Topics, label: &str) -> Result<Topics> {
     let suffix = format!("-{label}-{}", wall_clock_ms());
     let mut t = topics.clone();
     for spec in [

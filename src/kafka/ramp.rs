@@ -16,6 +16,10 @@
 //! 4. the p99 event -> KPI latency is over `max_p99_ms` (the output side fell behind), or no KPI
 //!    record could be measured.
 //!
+//! Before the steps, the load generator writes the same kind of input flat out to a fresh
+//! topic with no job running: the broker's write rate on this machine at this moment. The
+//! sustainable rate over that rate is the ratio to compare across runs on a shared machine.
+//!
 //! The ramp multiplies the rate by `factor` while steps pass, then bisects (geometric mean)
 //! between the last passing and the first failing rate `refine` times ([`RampPlan`]). A failed
 //! step is measured once more before it counts: on a shared machine one step can fail because
@@ -28,7 +32,8 @@ use serde::Serialize;
 
 use crate::config::app::KafkaConfig;
 use crate::config::PipelineSpec;
-use crate::kafka::bench::{latency, LatencyResult, LatencyRun};
+use crate::kafka::bench::{fresh_topics, latency, LatencyResult, LatencyRun};
+use crate::kafka::load::{produce, LoadOptions};
 use crate::kafka::Topics;
 use crate::sources::memory::MemoryPartitions;
 
@@ -179,8 +184,12 @@ pub struct RampResult {
     pub workers: usize,
     pub criteria: Criteria,
     pub steps: Vec<RampStep>,
+    /// Events/s the load generator wrote flat out with no job running (same input kind).
+    pub broker_flat_out_rate: f64,
     /// Highest target rate that passed (events/s).
     pub max_sustainable_rate: Option<f64>,
+    /// `max_sustainable_rate / broker_flat_out_rate`.
+    pub sustainable_over_flat_out: Option<f64>,
     /// Lowest target rate that failed.
     pub first_unsustainable_rate: Option<f64>,
     /// Latency runs at 50% and 90% of the sustainable rate.
@@ -198,6 +207,20 @@ pub fn ramp(
     input: &dyn Fn(f64, f64) -> MemoryPartitions,
     progress: &mut dyn FnMut(&RampStep),
 ) -> Result<RampResult> {
+    // Calibration: the broker's write rate with nothing else of ours running.
+    let calibration = fresh_topics(kafka, topics, "calibrate")?;
+    let flat_out = produce(
+        kafka,
+        &calibration,
+        &input(10_000.0, 15.0),
+        &LoadOptions {
+            topic: calibration.order_events.name.clone(),
+            rate: None,
+            max_events: None,
+        },
+        |_, _| {},
+    )?
+    .events_per_sec();
     let mut plan = RampPlan::new(opts.start_rate, opts.factor, opts.max_rate, opts.refine);
     let mut steps = Vec::new();
     let mut step = |phase: &str, rate: f64, seconds: f64| -> Result<RampStep> {
@@ -247,7 +270,9 @@ pub fn ramp(
         workers: opts.workers,
         criteria: opts.criteria.clone(),
         steps,
+        broker_flat_out_rate: flat_out,
         max_sustainable_rate: plan.best,
+        sustainable_over_flat_out: plan.best.map(|b| b / flat_out),
         first_unsustainable_rate: plan.first_bad,
         at_50_percent: at_50,
         at_90_percent: at_90,
@@ -282,11 +307,11 @@ pub fn table(r: &RampResult) -> String {
     }
     out.push_str(&match r.max_sustainable_rate {
         Some(best) => format!(
-            "max sustainable rate: {best:.0} events/s (first failing: {})\n",
+            "max sustainable rate: {best:.0} events/s (first failing: {}); the broker took {:.0} events/s flat out with no job running: {:.2}x\n",
             r.first_unsustainable_rate
-                .map_or("none up to the ramp's maximum".into(), |b| format!(
-                    "{b:.0}/s"
-                ))
+                .map_or("none up to the ramp's maximum".into(), |b| format!("{b:.0}/s")),
+            r.broker_flat_out_rate,
+            best / r.broker_flat_out_rate
         ),
         None => "max sustainable rate: none (the starting rate already failed)\n".into(),
     });
