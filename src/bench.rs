@@ -132,6 +132,23 @@ pub fn memory_probe(spec: &PipelineSpec, count: usize) -> u64 {
     report.rss_at_input_end.unwrap_or(0)
 }
 
+/// Least-squares slope of `ys` over `xs` (pairs by index); `None` with fewer than two points or
+/// no spread in `xs`.
+pub fn least_squares_slope(xs: &[f64], ys: &[f64]) -> Option<f64> {
+    let n = xs.len().min(ys.len());
+    if n < 2 {
+        return None;
+    }
+    let mx = xs[..n].iter().sum::<f64>() / n as f64;
+    let my = ys[..n].iter().sum::<f64>() / n as f64;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (x, y) in xs[..n].iter().zip(&ys[..n]) {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+    }
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
 /// Prequential quality of the risk score against what then happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct RiskQuality {
@@ -330,5 +347,20 @@ mod tests {
         );
         assert_eq!(roc_auc(&[(0.5, false), (0.5, true)]), 0.5);
         assert!(roc_auc(&[(0.5, true)]).is_nan());
+    }
+
+    #[test]
+    fn slope_of_a_line_and_of_noise_around_it() {
+        assert_eq!(
+            least_squares_slope(&[0.0, 1.0, 2.0, 3.0], &[1.0, 3.0, 5.0, 7.0]),
+            Some(2.0)
+        );
+        // Symmetric noise around a flat line: slope 0.
+        assert_eq!(
+            least_squares_slope(&[0.0, 1.0, 2.0, 3.0], &[5.0, 6.0, 6.0, 5.0]),
+            Some(0.0)
+        );
+        assert_eq!(least_squares_slope(&[1.0, 1.0], &[0.0, 9.0]), None);
+        assert_eq!(least_squares_slope(&[1.0], &[0.0]), None);
     }
 }

@@ -13,4 +13,5 @@ pub mod model;
 pub mod rag;
 pub mod serve;
 pub mod sinks;
+pub mod soak;
 pub mod sources;

@@ -339,6 +339,49 @@ struct BenchArgs {
     rest_rate: u32,
     #[arg(long, default_value_t = 30)]
     rest_seconds: u64,
+    /// Soak: push --events generated events through the job (endless generator, full speed, the
+    /// last of --workers), sampling RSS every --soak-interval-ms; writes samples.csv and
+    /// soak.json under --out. Skips the throughput runs.
+    #[arg(long)]
+    soak: bool,
+    /// Fraction of the events that counts as warm-up (the warm-up also lasts until event time
+    /// has passed the idle-order retention plus the longest window).
+    #[arg(long, default_value_t = 0.1)]
+    soak_warmup: f64,
+    #[arg(long, default_value_t = 1000)]
+    soak_interval_ms: u64,
+    /// RSS after the warm-up must stay within this fraction of its median.
+    #[arg(long, default_value_t = 0.10)]
+    soak_tolerance: f64,
+    /// Mean event-time seconds between orders per generator partition (larger: more event time
+    /// per event, so a short run reaches steady state).
+    #[arg(long, default_value_t = 60)]
+    soak_order_interval_s: u64,
+    /// Kafka load test against KAFKA_BOOTSTRAP_SERVERS: raise the input rate from
+    /// --ramp-start by --ramp-factor until the job stops keeping up, then measure latency at
+    /// 50% and 90% of the highest sustainable rate (see scripts/loadtest.sh). Skips the
+    /// throughput runs.
+    #[arg(long)]
+    kafka_ramp: bool,
+    #[arg(long, default_value_t = 2000.0)]
+    ramp_start: f64,
+    #[arg(long, default_value_t = 1.5)]
+    ramp_factor: f64,
+    #[arg(long, default_value_t = 100_000.0)]
+    ramp_max: f64,
+    /// Bisection steps between the last passing and the first failing rate.
+    #[arg(long, default_value_t = 2)]
+    ramp_refine: usize,
+    /// Seconds of input per ramp step (the 50%/90% runs use --latency-seconds).
+    #[arg(long, default_value_t = 15.0)]
+    ramp_step_seconds: f64,
+    /// A step whose event -> KPI p99 latency is above this is not sustainable.
+    #[arg(long, default_value_t = 5000.0)]
+    ramp_max_p99_ms: f64,
+    /// Output directory of --soak and --kafka-ramp (default: the configured out dir + /soak or
+    /// /loadtest).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Internal: run one memory probe with this many open orders and print the RSS in bytes.
     #[arg(long, hide = true)]
     memory_probe: Option<usize>,
@@ -997,7 +1040,13 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let mut results = serde_json::Map::new();
-    if !a.no_throughput {
+    if a.soak {
+        results.insert("soak".into(), soak_bench(&app, &spec, &a)?);
+    }
+    if a.kafka_ramp {
+        results.insert("kafka_ramp".into(), kafka_ramp_bench(&app, &spec, &a)?);
+    }
+    if !a.no_throughput && !a.soak && !a.kafka_ramp {
         let per_order = bench::bytes_per_live_order(200_000, &app.pipeline)?;
         if !a.json {
             println!("bytes per live order: {per_order:.0} (RSS slope at input end, 200000 vs 400000 open orders, fresh processes)");
@@ -1063,9 +1112,12 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                 &app.kafka,
                 &topics,
                 &input,
-                workers,
-                rate,
-                a.latency_seconds,
+                &fulfillment_ai::kafka::bench::LatencyRun {
+                    workers,
+                    rate,
+                    seconds: a.latency_seconds,
+                    catch_up_limit: Duration::from_secs(300),
+                },
             )?;
             if !a.json {
                 println!(
@@ -1126,6 +1178,151 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
     Ok(())
+}
+
+/// `bench --soak`: see [`fulfillment_ai::soak`].
+fn soak_bench(app: &AppConfig, spec: &PipelineSpec, a: &BenchArgs) -> Result<serde_json::Value> {
+    let opts = fulfillment_ai::soak::SoakOptions {
+        events: a.events as u64,
+        workers: *a.workers.last().unwrap_or(&2),
+        warmup_fraction: a.soak_warmup,
+        sample_interval: Duration::from_millis(a.soak_interval_ms),
+        tolerance: a.soak_tolerance,
+        order_interval_ms: a.soak_order_interval_s as i64 * 1000,
+        seed: 23,
+        out_dir: a.out.clone().unwrap_or_else(|| app.out_dir.join("soak")),
+    };
+    eprintln!(
+        "soak: {} events, {} workers; samples in {}",
+        opts.events,
+        opts.workers,
+        opts.out_dir.join("samples.csv").display()
+    );
+    let r = fulfillment_ai::soak::run(spec, &opts)?;
+    // Cross-check of bytes per live order: the RSS slope between two fresh processes with
+    // 200,000 and 400,000 open orders.
+    let slope = bench::bytes_per_live_order(200_000, &app.pipeline)?;
+    let mut v = serde_json::to_value(&r)?;
+    v["bytes_per_live_order_slope_method"] = serde_json::json!(slope);
+    std::fs::write(
+        opts.out_dir.join("soak.json"),
+        serde_json::to_string_pretty(&v)?,
+    )?;
+    if !a.json {
+        let f = r.after_warmup.as_ref();
+        let mb = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.0} MB"));
+        println!(
+            "soak: {} events in {:.1}s = {:.0} events/s ({} workers; {:.0} days of event time)",
+            r.events, r.seconds, r.events_per_sec, r.workers, r.event_days
+        );
+        println!(
+            "  warm-up: {:.0}% of the events and {:.0} days of event time; steady state {}reached (at {} events)",
+            r.warmup_fraction * 100.0,
+            r.steady_state_after_days,
+            if r.steady_state_reached { "" } else { "NOT " },
+            r.warmup_end_events.map_or("-".into(), |e| e.to_string())
+        );
+        println!(
+            "  RSS: empty job {:.0} MB; first windows close {}; warm-up end {}; after warm-up min {} median {} max {} last {}; max deviation {:.1}% ({} +-{:.0}%); drift {:.1} MB per 10 M events; peak {:.0} MB",
+            r.empty_job_rss_mb,
+            mb(r.rss_when_first_windows_close_mb),
+            mb(r.rss_at_warmup_end_mb),
+            mb(f.map(|f| f.min)),
+            mb(f.map(|f| f.median)),
+            mb(f.map(|f| f.max)),
+            mb(f.map(|f| f.last)),
+            f.map_or(f64::NAN, |f| f.max_deviation * 100.0),
+            if f.is_some_and(|f| f.within_tolerance) { "within" } else { "NOT within" },
+            a.soak_tolerance * 100.0,
+            r.drift_mb_per_10m_events.unwrap_or(f64::NAN),
+            r.peak_rss_mb
+        );
+        println!(
+            "  throughput after warm-up: first tenth {:.0}/s, last tenth {:.0}/s (last/first {:.2})",
+            r.early_events_per_sec.unwrap_or(f64::NAN),
+            r.late_events_per_sec.unwrap_or(f64::NAN),
+            r.late_over_early.unwrap_or(f64::NAN)
+        );
+        println!(
+            "  live orders: peak {}; bytes per live order {:.0} ((median RSS - empty job) / peak), {:.0} (slope, 200k vs 400k open orders)",
+            r.peak_live_orders,
+            r.bytes_per_live_order.unwrap_or(f64::NAN),
+            slope
+        );
+        println!(
+            "  outputs: {} final KPIs, {} deviations, {} dead letters, {} late, {} duplicates; {}",
+            r.final_kpis,
+            r.deviations,
+            r.dead_lettered,
+            r.late,
+            r.duplicates,
+            opts.out_dir.join("soak.json").display()
+        );
+    }
+    Ok(v)
+}
+
+/// `bench --kafka-ramp`: see [`fulfillment_ai::kafka::ramp`].
+fn kafka_ramp_bench(
+    app: &AppConfig,
+    spec: &PipelineSpec,
+    a: &BenchArgs,
+) -> Result<serde_json::Value> {
+    use fulfillment_ai::kafka::ramp::{ramp, table, Criteria, RampOptions};
+    let topics = Topics::load(&app.kafka.topics_file)?;
+    let opts = RampOptions {
+        start_rate: a.ramp_start,
+        factor: a.ramp_factor,
+        max_rate: a.ramp_max,
+        refine: a.ramp_refine,
+        step_seconds: a.ramp_step_seconds,
+        latency_seconds: a.latency_seconds,
+        workers: *a.workers.last().unwrap_or(&2),
+        criteria: Criteria {
+            max_p99_ms: a.ramp_max_p99_ms,
+            ..Criteria::default()
+        },
+    };
+    let partitions = spec.time.partitions as usize;
+    let input = |rate: f64, seconds: f64| {
+        let per_partition = ((rate * seconds * 1.2) as usize).div_ceil(partitions);
+        generator(spec, 17, None, None).materialize(Some(per_partition))
+    };
+    eprintln!(
+        "kafka ramp on {}: from {:.0}/s by x{} ({} s steps), {} workers",
+        app.kafka.bootstrap_servers, opts.start_rate, opts.factor, opts.step_seconds, opts.workers
+    );
+    let r = ramp(spec, &app.kafka, &topics, &opts, &input, &mut |s| {
+        eprintln!(
+            "  {} {:.0}/s: achieved {:.0}/s, lag at end {}, growth {:.0}/s, catch-up {:.2}s, KPI p50 {:.0} ms p99 {:.0} ms -> {}",
+            s.phase,
+            s.result.target_rate.unwrap_or(f64::NAN),
+            s.result.achieved_rate,
+            s.result.lag_at_end,
+            s.result.lag_growth_per_sec,
+            s.result.catch_up_seconds,
+            s.result.p50_ms,
+            s.result.p99_ms,
+            s.reason.as_deref().unwrap_or("sustainable")
+        );
+    })?;
+    let out_dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| app.out_dir.join("loadtest"));
+    std::fs::create_dir_all(&out_dir)?;
+    let v = serde_json::to_value(&r)?;
+    std::fs::write(
+        out_dir.join("loadtest.json"),
+        serde_json::to_string_pretty(&v)?,
+    )?;
+    let t = table(&r);
+    std::fs::write(out_dir.join("loadtest.md"), &t)?;
+    if !a.json {
+        print!("{t}");
+        println!("written: {}", out_dir.join("loadtest.json").display());
+    }
+    Ok(v)
 }
 
 /// `bench --agents`: see [`fulfillment_ai::agents::bench`].

@@ -17,6 +17,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 pub mod bench;
 pub mod load;
+pub mod ramp;
 
 use serde::{Deserialize, Serialize};
 
