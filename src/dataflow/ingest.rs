@@ -240,24 +240,30 @@ impl Ingest {
                     let first = self.batch.first_offset;
                     let cursor = &mut self.parts[i];
                     cursor.next_offset = Some(first + self.batch.len() as u64);
+                    // The partition's watermark tick, recomputed only when `max_ts` rises.
+                    let (clock, trail_ms) = (self.clock, self.trail_ms);
+                    let watermark =
+                        |max_ts: Option<i64>| max_ts.map_or(0, |m| clock.tick_of(m - trail_ms));
+                    let mut wm = watermark(cursor.max_ts);
                     for (j, raw) in self.batch.iter().enumerate() {
                         let offset = first + j as u64;
                         if offset < cursor.replayed_until {
                             // Read before the restored cut: rebuild the watermark, emit nothing.
                             let Ok(ev) = decode_event(raw) else { continue };
-                            let tick = self.clock.tick_of(ev.ts);
-                            let wm = cursor
-                                .max_ts
-                                .map_or(0, |m| self.clock.tick_of(m - self.trail_ms));
+                            let tick = clock.tick_of(ev.ts);
                             if raw.len() > self.max_event_bytes || tick < wm {
                                 continue;
                             }
-                            if tick >= self.restored_cut {
+                            let resend = tick >= self.restored_cut;
+                            if resend {
                                 cursor.replay.entry(tick).or_insert((offset, cursor.max_ts));
-                                out.push(ev.clone());
                             }
                             if cursor.max_ts.is_none_or(|m| ev.ts > m) {
                                 cursor.max_ts = Some(ev.ts);
+                                wm = watermark(cursor.max_ts);
+                            }
+                            if resend {
+                                out.push(ev);
                             }
                             continue;
                         }
@@ -283,11 +289,8 @@ impl Ingest {
                                 }));
                             }
                             Ok(ev) => {
-                                let tick = self.clock.tick_of(ev.ts);
-                                let frontier = cursor
-                                    .max_ts
-                                    .map_or(0, |m| self.clock.tick_of(m - self.trail_ms))
-                                    .max(input_time);
+                                let tick = clock.tick_of(ev.ts);
+                                let frontier = wm.max(input_time);
                                 if tick < frontier {
                                     late += 1;
                                     let _ = sink.send(SinkMessage::Late(LateEvent {
@@ -307,6 +310,7 @@ impl Ingest {
                                     }
                                     if cursor.max_ts.is_none_or(|m| ev.ts > m) {
                                         cursor.max_ts = Some(ev.ts);
+                                        wm = watermark(cursor.max_ts);
                                     }
                                     accepted += 1;
                                     out.push(ev);
