@@ -26,7 +26,8 @@ use serde::Serialize;
 
 use crate::bench::{least_squares_slope, peak_rss_bytes, rss_bytes};
 use crate::config::PipelineSpec;
-use crate::dataflow::{run_job, JobOptions, Pacing};
+use crate::dataflow::state_gauges::{StateSizes, STATE_NAMES};
+use crate::dataflow::{run_job, JobOptions, Pacing, SharedCounters};
 use crate::sources::generator::{GeneratorConfig, GeneratorSource};
 use crate::sources::memory::MemoryPartitions;
 use crate::sources::{PartitionReader, PollStatus, RawBatch, Source};
@@ -62,6 +63,19 @@ pub struct SoakSample {
     /// read (ms since the epoch; 0 before every partition has been read).
     pub input_event_time_ms: i64,
     pub rss_bytes: u64,
+    /// Entries held by the stateful operators (see [`STATE_NAMES`]).
+    #[serde(skip)]
+    pub state: StateSizes,
+}
+
+/// One operator state's entry count over the run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StateGrowth {
+    pub state: &'static str,
+    pub at_warmup_end: u64,
+    pub max_after_warmup: u64,
+    /// At the last sample before the input ended.
+    pub last: u64,
 }
 
 /// RSS statistics of a run of samples after the warm-up.
@@ -211,6 +225,8 @@ pub struct SoakReport {
     /// (post-warm-up median RSS - empty job RSS) / peak live orders. An upper bound of what an
     /// order costs: windows, arrangements, queues and allocator slack are charged to orders too.
     pub bytes_per_live_order: Option<f64>,
+    /// Operator state sizes after the warm-up: a state still growing shows here.
+    pub state_entries: Vec<StateGrowth>,
     pub final_kpis: u64,
     pub deviations: u64,
     pub dead_lettered: u64,
@@ -223,10 +239,12 @@ pub struct SoakReport {
 pub fn run(spec: &PipelineSpec, opts: &SoakOptions) -> Result<SoakReport> {
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    let counters = Arc::new(SharedCounters::default());
     let job_opts = JobOptions {
         workers: opts.workers.max(1),
         pacing: Pacing::MaxSpeed,
         keep_in_memory: false,
+        counters: Some(counters.clone()),
         ..JobOptions::default()
     };
 
@@ -235,7 +253,11 @@ pub fn run(spec: &PipelineSpec, opts: &SoakOptions) -> Result<SoakReport> {
         "empty",
         (0..spec.time.partitions).map(|_| Vec::<&[u8]>::new()),
     );
-    let baseline = run_job(spec, Arc::new(empty), &job_opts)
+    let empty_opts = JobOptions {
+        counters: None,
+        ..job_opts.clone()
+    };
+    let baseline = run_job(spec, Arc::new(empty), &empty_opts)
         .context("empty baseline job")?
         .rss_at_input_end
         .or_else(rss_bytes)
@@ -268,7 +290,8 @@ pub fn run(spec: &PipelineSpec, opts: &SoakOptions) -> Result<SoakReport> {
     );
     writeln!(
         csv,
-        "elapsed_s,events,events_per_s,input_event_time_ms,event_days,rss_mb,phase"
+        "elapsed_s,events,events_per_s,input_event_time_ms,event_days,partition_skew_s,rss_mb,phase,{}",
+        STATE_NAMES.join(",")
     )?;
     csv.flush()?;
 
@@ -278,6 +301,7 @@ pub fn run(spec: &PipelineSpec, opts: &SoakOptions) -> Result<SoakReport> {
     let sampler = {
         let done = done.clone();
         let gauges = gauges.clone();
+        let counters = counters.clone();
         let interval = opts.sample_interval.max(Duration::from_millis(50));
         std::thread::Builder::new()
             .name("soak-sampler".into())
@@ -291,6 +315,7 @@ pub fn run(spec: &PipelineSpec, opts: &SoakOptions) -> Result<SoakReport> {
                         events: gauges.events.load(Ordering::Relaxed),
                         input_event_time_ms: gauges.input_event_time_ms(),
                         rss_bytes: rss_bytes().unwrap_or(0),
+                        state: counters.state.values(),
                     };
                     let rate = samples.last().map_or(0.0, |p| {
                         (s.events - p.events) as f64 / (s.elapsed_s - p.elapsed_s).max(1e-9)
@@ -301,15 +326,18 @@ pub fn run(spec: &PipelineSpec, opts: &SoakOptions) -> Result<SoakReport> {
                         0.0
                     };
                     let phase = if s.events >= total { "drain" } else { "input" };
+                    let state: Vec<String> = s.state.0.iter().map(u64::to_string).collect();
                     writeln!(
                         csv,
-                        "{:.3},{},{:.0},{},{:.3},{:.1},{phase}",
+                        "{:.3},{},{:.0},{},{:.3},{:.0},{:.1},{phase},{}",
                         s.elapsed_s,
                         s.events,
                         rate,
                         s.input_event_time_ms,
                         days,
-                        s.rss_bytes as f64 / 1e6
+                        gauges.partition_skew_ms() as f64 / 1000.0,
+                        s.rss_bytes as f64 / 1e6,
+                        state.join(",")
                     )?;
                     csv.flush()?;
                     samples.push(s);
@@ -418,6 +446,19 @@ fn summarize(
         (s.peak_live_orders > 0)
             .then(|| (f.median * 1e6 - s.baseline as f64) / s.peak_live_orders as f64)
     });
+    let state_entries = match (judged_from, after.last()) {
+        (Some(i), Some(last)) => STATE_NAMES
+            .iter()
+            .enumerate()
+            .map(|(k, name)| StateGrowth {
+                state: name,
+                at_warmup_end: input[i].state.0[k],
+                max_after_warmup: after.iter().map(|x| x.state.0[k]).max().unwrap_or(0),
+                last: last.state.0[k],
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     SoakReport {
         events: s.counters.received,
         workers: opts.workers,
@@ -442,6 +483,7 @@ fn summarize(
         peak_rss_mb: mb(s.peak_rss),
         peak_live_orders: s.peak_live_orders,
         bytes_per_live_order,
+        state_entries,
         final_kpis: s.counters.final_kpis,
         deviations: s.counters.deviations,
         dead_lettered: s.counters.dead_lettered,
@@ -459,6 +501,20 @@ struct Gauges {
 }
 
 impl Gauges {
+    /// Latest event time of the partition furthest ahead minus that of the one furthest behind.
+    fn partition_skew_ms(&self) -> i64 {
+        let ts: Vec<i64> = self
+            .latest_ts
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .filter(|t| *t != i64::MIN)
+            .collect();
+        match (ts.iter().max(), ts.iter().min()) {
+            (Some(max), Some(min)) if ts.len() == self.latest_ts.len() => max - min,
+            _ => 0,
+        }
+    }
+
     fn input_event_time_ms(&self) -> i64 {
         let min = self
             .latest_ts
@@ -569,6 +625,7 @@ mod tests {
             events,
             input_event_time_ms: ts,
             rss_bytes: rss_mb * 1_000_000,
+            state: StateSizes::default(),
         }
     }
 

@@ -454,7 +454,17 @@ fn rest_api_answers_from_the_running_job() {
     let m = job.get("/metrics");
     assert_eq!(m.status, 200);
     let text = &m.body;
-    assert!(metric(text, "fulfillment_events_received_total").unwrap() > HISTORY_EVENTS as f64);
+    let received = metric(text, "fulfillment_events_received_total").unwrap();
+    assert!(received > HISTORY_EVENTS as f64);
+    // State gauges: every operator state is reported, and the running job holds live orders
+    // (no more than the events it read) and open KPI cells.
+    for state in fulfillment_ai::dataflow::state_gauges::STATE_NAMES {
+        let gauge = format!(r#"fulfillment_state_entries{{state="{state}"}}"#);
+        assert!(metric(text, &gauge).is_some(), "{gauge} missing");
+    }
+    let orders = metric(text, r#"fulfillment_state_entries{state="order_records"}"#).unwrap();
+    assert!(orders > 0.0 && orders <= received, "{orders} order records");
+    assert!(metric(text, r#"fulfillment_state_entries{state="kpi_cells"}"#).unwrap() > 0.0);
     assert!(metric(text, "fulfillment_watermark_lag_seconds").unwrap() > 0.0);
     assert_eq!(
         metric(text, "fulfillment_consumer_lag_messages"),

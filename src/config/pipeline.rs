@@ -85,6 +85,15 @@ pub struct TimeSpec {
     /// Logical partitions of replayed sources (Kafka brings its own). Fixed, so results do not
     /// depend on the worker count.
     pub partitions: u32,
+    /// Watermark alignment: a worker stops reading a partition whose largest event time is this
+    /// far ahead of its slowest live partition's, until that one catches up. Bounds the events
+    /// held back by the slowest partition (memory) without changing any result; 0 turns it off.
+    #[serde(default = "default_max_partition_drift")]
+    pub max_partition_drift: Duration,
+}
+
+fn default_max_partition_drift() -> Duration {
+    Duration(3_600_000)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -432,6 +441,7 @@ impl PipelineSpec {
         for (name, d) in [
             ("out_of_orderness", t.out_of_orderness),
             ("allowed_lateness", t.allowed_lateness),
+            ("max_partition_drift", t.max_partition_drift),
         ] {
             if d.ms() < 0 {
                 return Err(err(format!("time.{name}"), "must not be negative".into()));

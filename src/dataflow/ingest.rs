@@ -31,6 +31,8 @@ pub struct SharedCounters {
     /// Event time (epoch ms) the whole dataflow has processed up to; 0 before the first
     /// progress.
     pub watermark_ms: std::sync::atomic::AtomicI64,
+    /// Entries held by the stateful operators.
+    pub state: crate::dataflow::state_gauges::StateGauges,
 }
 
 impl SharedCounters {
@@ -94,6 +96,8 @@ pub struct Ingest {
     parts: Vec<PartitionCursor>,
     clock: TickClock,
     trail_ms: i64,
+    /// Watermark alignment (0: off): see `TimeSpec::max_partition_drift`.
+    max_drift_ms: i64,
     idle_timeout: Duration,
     batch: RawBatch,
     pacing: Pacing,
@@ -140,6 +144,7 @@ impl Ingest {
                 tick_ms: spec.time.tick.ms(),
             },
             trail_ms: spec.time.out_of_orderness.ms() + spec.time.allowed_lateness.ms(),
+            max_drift_ms: spec.time.max_partition_drift.ms(),
             idle_timeout: Duration::from_millis(spec.time.idle_timeout.ms().max(0) as u64),
             batch: RawBatch::default(),
             pacing,
@@ -203,8 +208,24 @@ impl Ingest {
         max_ts.map_or(0, |m| self.clock.tick_of(m - self.trail_ms))
     }
 
+    /// The largest event time a partition may have and still be read: the slowest live,
+    /// non-idle partition's plus the allowed drift. `None` (read everything) while alignment
+    /// is off or some partition has not been read yet.
+    fn read_limit(&self) -> Option<i64> {
+        if self.max_drift_ms <= 0 {
+            return None;
+        }
+        let mut slowest: Option<i64> = None;
+        for p in self.parts.iter().filter(|p| !p.finished && !p.idle) {
+            let m = p.max_ts?;
+            slowest = Some(slowest.map_or(m, |s| s.min(m)));
+        }
+        slowest.map(|s| s.saturating_add(self.max_drift_ms))
+    }
+
     /// Polls every owned partition once (up to `per_partition` events each), pushing accepted
-    /// events to `out`. `input_time` is the worker's current input time.
+    /// events to `out`; a partition too far ahead in event time waits (watermark alignment).
+    /// `input_time` is the worker's current input time.
     pub fn round(
         &mut self,
         per_partition: usize,
@@ -215,9 +236,17 @@ impl Ingest {
     ) -> Round {
         let mut accepted = 0;
         let (mut received, mut dead, mut late) = (0u64, 0u64, 0u64);
+        let read_limit = self.read_limit();
         for i in 0..self.parts.len() {
             if self.parts[i].finished {
                 continue;
+            }
+            if let (Some(limit), Some(m)) = (read_limit, self.parts[i].max_ts) {
+                if m > limit && !self.parts[i].idle {
+                    // Held back by us, not silent: it must not turn idle meanwhile.
+                    self.parts[i].last_data = Instant::now();
+                    continue;
+                }
             }
             self.batch.clear();
             let status = self.parts[i].reader.poll(per_partition, &mut self.batch);
@@ -365,5 +394,73 @@ impl Ingest {
         if due > elapsed {
             std::thread::sleep((due - elapsed).min(Duration::from_secs(5)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::memory::MemoryPartitions;
+    use crate::sources::Source;
+
+    const MINUTE: i64 = 60_000;
+    const T0: i64 = 1_700_006_400_000;
+
+    fn created(order: usize, ts: i64) -> String {
+        format!(
+            r#"{{"v":1,"event_id":"o{order}-c","order_id":"o{order}","type":"order_created","ts":{ts},"customer_id":"c","segment":"Consumer","region":"West","ship_mode":"Standard Class","warehouse":"WH-W1","amount":10.0,"promised_delivery_ts":{ts}}}"#
+        )
+    }
+
+    /// Partition 0 has an event a minute, partition 1 one every ten minutes: read in equal
+    /// batches, partition 1 runs ahead in event time. Returns the largest event-time spread
+    /// between the partitions after any round while both are live, the accepted count and the
+    /// sorted event times read.
+    fn read_all(drift: crate::config::Duration) -> (i64, u64, Vec<i64>) {
+        let dense: Vec<String> = (0..600)
+            .map(|i| created(i, T0 + i as i64 * MINUTE))
+            .collect();
+        let sparse: Vec<String> = (0..600)
+            .map(|i| created(1000 + i, T0 + i as i64 * 10 * MINUTE))
+            .collect();
+        let source = MemoryPartitions::new("test", [dense, sparse]);
+        let mut spec = crate::config::PipelineSpec::builtin();
+        spec.time.max_partition_drift = drift;
+        let mut ingest = Ingest::new(source.readers(0, 1), &spec, Pacing::MaxSpeed, 1 << 20);
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let counters = SharedCounters::default();
+        let mut out = Vec::new();
+        let mut widest = 0;
+        let mut input_time = 0;
+        loop {
+            let round = ingest.round(10, input_time, &mut out, &tx, &counters);
+            let live = !ingest.parts.iter().any(|p| p.finished);
+            if let (true, [Some(a), Some(b)]) =
+                (live, [ingest.parts[0].max_ts, ingest.parts[1].max_ts])
+            {
+                widest = widest.max((a - b).abs());
+            }
+            match round.frontier {
+                Some(f) => input_time = f,
+                None => break,
+            }
+        }
+        let mut ts: Vec<i64> = out.iter().map(|e| e.ts).collect();
+        ts.sort_unstable();
+        (widest, counters.accepted.load(Ordering::Relaxed), ts)
+    }
+
+    #[test]
+    fn alignment_bounds_the_event_time_spread_of_partitions() {
+        let (unaligned, n_unaligned, ts_unaligned) = read_all(crate::config::Duration(0));
+        let (aligned, n_aligned, ts_aligned) = read_all(crate::config::Duration(60 * MINUTE));
+        // Without alignment, after round k the dense partition is at minute 10k - 1 and the
+        // sparse one at 100k - 10: 5,391 minutes apart after the 60th.
+        assert_eq!(unaligned, 5_391 * MINUTE);
+        // With it, one partition is at most the drift plus one batch (10 x 10 minutes) ahead.
+        assert!(aligned <= 160 * MINUTE, "spread {aligned} ms");
+        // Nothing is dropped or held forever: the same 1,200 events, none late.
+        assert_eq!((n_unaligned, n_aligned), (1200, 1200));
+        assert_eq!(ts_unaligned, ts_aligned);
     }
 }

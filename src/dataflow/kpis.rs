@@ -255,6 +255,18 @@ impl CellState {
         }
     }
 
+    /// Entry counts for the state gauges.
+    pub fn measure(&self, sizes: &mut crate::dataflow::state_gauges::StateSizes) {
+        sizes.set("kpi_cells", self.cells.len());
+        sizes.set("kpi_closing", self.closing.values().map(Vec::len).sum());
+        sizes.set("kpi_levels", self.levels.len());
+        sizes.set("kpi_series_baselines", self.history.len());
+        sizes.set(
+            "kpi_baseline_values",
+            self.history.values().map(VecDeque::len).sum(),
+        );
+    }
+
     pub fn snapshot(&self) -> CellStateSnapshot<'_> {
         debug_assert!(
             self.levels_pending.is_empty(),

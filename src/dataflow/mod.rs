@@ -21,6 +21,7 @@ pub mod live_spec;
 pub mod orders;
 pub mod risk;
 pub mod risk_model;
+pub mod state_gauges;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -93,6 +94,8 @@ pub struct JobOptions {
     pub checkpoint: Option<checkpoint::CheckpointOptions>,
     /// Run as one process of a timely cluster.
     pub cluster: Option<ClusterOptions>,
+    /// Count into these (to watch a running job); `None`: the live view's, or fresh ones.
+    pub counters: Option<Arc<SharedCounters>>,
 }
 
 /// This process's place in a timely cluster: every process runs `workers` worker threads, and
@@ -122,6 +125,7 @@ impl Default for JobOptions {
             live_view: None,
             checkpoint: None,
             cluster: None,
+            counters: None,
         }
     }
 }
@@ -215,9 +219,10 @@ pub fn run_job(
         .spawn(move || crate::sinks::collect(rx, collector_opts))
         .map_err(JobError::Output)?;
     let counters = opts
-        .live_view
-        .as_ref()
-        .map_or_else(Default::default, |v| v.counters.clone());
+        .counters
+        .clone()
+        .or_else(|| opts.live_view.as_ref().map(|v| v.counters.clone()))
+        .unwrap_or_default();
     let worker_counters = counters.clone();
     let opts_w = opts.clone();
     let config = match &opts.cluster {
@@ -666,6 +671,8 @@ fn run_worker(
     let ingest_started = Instant::now();
     let mut natural = *input.time();
     let mut finished = false;
+    let mut sizes = state_gauges::StateSizes::default();
+    let mut last_measured = Instant::now();
     loop {
         let cut = schedule.as_ref().and_then(|s| s.cut);
         let at_cut = cut.is_some_and(|c| finished || natural >= c);
@@ -707,6 +714,10 @@ fn run_worker(
                 worker.step_while(|| probe.less_than(&t));
             }
             stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
+            if last_measured.elapsed() >= STATE_GAUGE_INTERVAL {
+                last_measured = Instant::now();
+                publish_state_sizes(&order_state, &risk_state, &cell_state, counters, &mut sizes);
+            }
             if round.received == 0 && !finished {
                 // Nothing new: park briefly unless the dataflow has work, instead of spinning.
                 worker.step_or_park(Some(Duration::from_millis(1)));
@@ -827,7 +838,23 @@ fn run_worker(
         "input exhausted; final drain done"
     );
     stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
+    publish_state_sizes(&order_state, &risk_state, &cell_state, counters, &mut sizes);
     stats
+}
+
+/// Measures this worker's operator states and adds the change to the job-wide gauges.
+fn publish_state_sizes(
+    orders: &RefCell<OrderState>,
+    risk: &RefCell<RiskState>,
+    cells: &RefCell<CellState>,
+    counters: &SharedCounters,
+    last: &mut state_gauges::StateSizes,
+) {
+    let mut now = state_gauges::StateSizes::default();
+    orders.borrow().measure(&mut now);
+    risk.borrow().measure(&mut now);
+    cells.borrow().measure(&mut now);
+    counters.state.publish(last, now);
 }
 
 fn finish_write(w: checkpoint::PendingWrite) -> u64 {
@@ -870,6 +897,8 @@ fn vote(
     checkpoint::decide(cut, &these)
 }
 
+/// Wall time between two measurements of a worker's state sizes.
+const STATE_GAUGE_INTERVAL: Duration = Duration::from_millis(250);
 /// Events a worker ingests between checks of the dataflow's progress.
 const SYNC_EVERY: usize = 64 * 1024;
 /// How far (in ticks) the dataflow may trail the input at a check.

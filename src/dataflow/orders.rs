@@ -194,6 +194,20 @@ impl OrderState {
         self.orders.len()
     }
 
+    /// Entry counts for the state gauges.
+    pub fn measure(&self, sizes: &mut crate::dataflow::state_gauges::StateSizes) {
+        sizes.set("order_records", self.orders.len());
+        sizes.set(
+            "order_event_ids",
+            self.orders.values().map(|r| r.seen.len()).sum(),
+        );
+        sizes.set("order_timers", self.timers.values().map(Vec::len).sum());
+        sizes.set(
+            "order_stashed_events",
+            self.stash.values().map(Vec::len).sum(),
+        );
+    }
+
     /// The processed part of the state, at a cut where every tick below the frontier is done.
     pub fn snapshot(&self) -> OrderStateSnapshot<'_> {
         OrderStateSnapshot {

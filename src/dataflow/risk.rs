@@ -94,6 +94,13 @@ impl RiskState {
         }
     }
 
+    /// Entry counts for the state gauges.
+    pub fn measure(&self, sizes: &mut crate::dataflow::state_gauges::StateSizes) {
+        sizes.set("risk_routes", self.stats.len());
+        sizes.set("risk_open_orders", self.open.len());
+        sizes.set("risk_checks", self.checks.values().map(Vec::len).sum());
+    }
+
     pub fn snapshot(&self) -> RiskStateSnapshot<'_> {
         debug_assert!(self.stash.is_empty(), "risk updates pending at a cut");
         RiskStateSnapshot {

@@ -32,6 +32,7 @@ pub struct Metrics {
     agent_run_seconds: HistogramVec,
     llm_tokens: IntCounterVec,
     pub ws_clients: IntGaugeVec,
+    state_entries: IntGaugeVec,
     pub ws_messages: IntCounterVec,
     pub ws_dropped: IntCounterVec,
     pub http_requests: IntCounterVec,
@@ -89,6 +90,15 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(ws_clients.clone())).expect("unique");
+        let state_entries = IntGaugeVec::new(
+            Opts::new(
+                "fulfillment_state_entries",
+                "Entries held by the dataflow's stateful operators, all workers (order records, timers, KPI cells, ...)",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(state_entries.clone())).expect("unique");
         Metrics {
             events_received: counter(
                 &r,
@@ -150,6 +160,7 @@ impl Metrics {
                 &["kind"],
             ),
             ws_clients,
+            state_entries,
             ws_messages: counter_vec(
                 &r,
                 "fulfillment_ws_messages_total",
@@ -210,6 +221,15 @@ impl Metrics {
         if wm > 0 {
             self.watermark.set(wm as f64 / 1000.0);
             self.watermark_lag.set((now_wall_ms - wm) as f64 / 1000.0);
+        }
+        let sizes = counters.state.values();
+        for (name, value) in crate::dataflow::state_gauges::STATE_NAMES
+            .iter()
+            .zip(sizes.0)
+        {
+            self.state_entries
+                .with_label_values(&[name])
+                .set(value as i64);
         }
         let mut buf = Vec::new();
         TextEncoder::new()
