@@ -389,8 +389,8 @@ struct BenchArgs {
 
 /// Turns transparent huge pages off for this process (the same as `MIMALLOC_ALLOW_THP=0`).
 /// With them, mimalloc's arenas are backed by 2 MiB pages that stay resident while partly
-/// used: over a 20 M-event soak RSS was ~50 MB higher and kept creeping up for hundreds of days
-/// of event time, where without them it levels off (BENCHMARKS.md, "Soak").
+/// used: in a 20 M-event soak the median RSS was ~45 MB higher and still creeping up after
+/// hundreds of days of event time, where without them it levels off (BENCHMARKS.md, "Soak").
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory map.
@@ -1262,6 +1262,22 @@ fn soak_bench(app: &AppConfig, spec: &PipelineSpec, a: &BenchArgs) -> Result<ser
             r.bytes_per_live_order.unwrap_or(f64::NAN),
             slope
         );
+        let states: Vec<String> = r
+            .state_entries
+            .iter()
+            .map(|g| {
+                format!(
+                    "{} {}/{}/{}",
+                    g.state, g.at_warmup_end, g.max_after_warmup, g.last
+                )
+            })
+            .collect();
+        if !states.is_empty() {
+            println!(
+                "  operator state entries (warm-up end/max after/last): {}",
+                states.join(", ")
+            );
+        }
         println!(
             "  outputs: {} final KPIs, {} deviations, {} dead letters, {} late, {} duplicates; {}",
             r.final_kpis,

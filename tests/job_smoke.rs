@@ -173,3 +173,52 @@ fn a_delivery_without_a_shipped_event_leaves_the_backlog_and_meets_ship_by() {
         report.deviations
     );
 }
+
+/// The state gauges over a whole generated stream: state is held while it runs, and at the end
+/// of input (event time to infinity: every timer fires, every window closes, every order is
+/// retired) the per-order and per-window states are empty again. A state that leaks stays
+/// non-zero here.
+#[test]
+fn operator_state_is_released_at_end_of_input() {
+    use fulfillment_ai::dataflow::SharedCounters;
+    use fulfillment_ai::sources::generator::{GeneratorConfig, GeneratorSource};
+    let spec = PipelineSpec::builtin();
+    let cfg = GeneratorConfig {
+        seed: 5,
+        partitions: spec.time.partitions,
+        orders_per_partition: Some(300),
+        duplicate_rate: 0.01,
+        ..GeneratorConfig::default()
+    };
+    let counters = Arc::new(SharedCounters::default());
+    let report = run_job(
+        &spec,
+        Arc::new(GeneratorSource::new(cfg, &spec)),
+        &JobOptions {
+            workers: 2,
+            keep_in_memory: false,
+            counters: Some(counters.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(report.peak_live_orders > 0);
+    assert!(report.counters.duplicates > 0);
+    let end = counters.state.values();
+    let value = |name: &str| end.get(name).unwrap();
+    for transient in [
+        "order_records",
+        "order_event_ids",
+        "order_timers",
+        "order_stashed_events",
+        "risk_open_orders",
+        "risk_checks",
+        "kpi_cells",
+        "kpi_closing",
+    ] {
+        assert_eq!(value(transient), 0, "{transient} left at the end");
+    }
+    // Statistics that outlive orders and windows: one entry per route and per series.
+    assert!(value("risk_routes") > 0);
+    assert!(value("kpi_series_baselines") > 0);
+}
