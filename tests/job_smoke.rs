@@ -1,5 +1,6 @@
-//! End-to-end smoke checks of `run_job` on a handful of orders: the job runs, counts what it
-//! should, and produces the expected final KPI numbers for one day window.
+//! End-to-end smoke checks of `run_job`: on a handful of orders the job runs, counts what it
+//! should, and produces the expected final KPI numbers for one day window; over a generated
+//! stream every per-order and per-window state is released at the end of input.
 
 use std::sync::Arc;
 
