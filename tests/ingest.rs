@@ -1,6 +1,6 @@
 //! Ingest behaviour that needs live (non-replay) partitions or wall-clock pacing: an idle
-//! partition stops holding back the watermark, so its late data is late; a scaled replay is
-//! paced by event time.
+//! partition (or a worker whose partitions are all idle) stops holding back the watermark, so
+//! its late data is late; a scaled replay is paced by event time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,6 +134,36 @@ fn idle_partition_stops_holding_the_watermark_and_its_old_data_is_late() {
         .map(|k| k.denominator)
         .sum::<i64>();
     assert_eq!(orders, 40);
+}
+
+#[test]
+fn a_worker_whose_partitions_are_all_idle_follows_the_other_workers() {
+    // The same partitions on two workers: the sleepy partition is worker 1's only one. Worker 1
+    // must not hold the job at tick 0 while it is idle, so the old event is late exactly as
+    // with one worker (where the worker's other partition carries the frontier).
+    let text = include_str!("../pipelines/fulfillment.yaml").replacen(
+        "idle_timeout: 30s",
+        "idle_timeout: 100ms",
+        1,
+    );
+    let spec = PipelineSpec::parse(&text, "test.yaml").unwrap();
+    let report = run_job(
+        &spec,
+        Arc::new(TwoLivePartitions),
+        &JobOptions {
+            workers: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(report.counters.received, 41);
+    assert_eq!(
+        report.counters.late, 1,
+        "late events: {:?}",
+        report.late_events
+    );
+    assert_eq!(report.late_events[0].order_id, "b0");
+    assert!(report.late_events[0].frontier_tick > 0);
 }
 
 #[test]

@@ -66,6 +66,40 @@ impl SharedCounters {
     }
 }
 
+/// The input frontiers of this process's workers, so that a worker whose partitions are all
+/// idle follows the others instead of holding the job's watermark back (the worker-level
+/// counterpart of an idle partition). Cluster mode: only this process's workers are known.
+#[derive(Debug)]
+pub struct LocalFrontiers(Box<[AtomicU64]>);
+
+/// A worker that is idle or finished: it holds nothing back.
+const NOT_HOLDING: u64 = u64::MAX;
+
+impl LocalFrontiers {
+    /// Every worker starts holding the frontier at 0.
+    pub fn new(workers: usize) -> Self {
+        LocalFrontiers((0..workers.max(1)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Publishes the input frontier of local worker `worker`; `None`: idle or finished.
+    pub fn publish(&self, worker: usize, frontier: Option<u64>) {
+        if let Some(slot) = self.0.get(worker) {
+            slot.store(frontier.unwrap_or(NOT_HOLDING), Ordering::Relaxed);
+        }
+    }
+
+    /// The lowest frontier among the other local workers that hold one.
+    pub fn lowest_other(&self, worker: usize) -> Option<u64> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != worker)
+            .map(|(_, f)| f.load(Ordering::Relaxed))
+            .filter(|f| *f != NOT_HOLDING)
+            .min()
+    }
+}
+
 /// Wall-clock pacing of a replay.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum Pacing {
@@ -116,6 +150,8 @@ pub struct Round {
     pub accepted: usize,
     /// Raw events read this round (accepted, late or dead-lettered).
     pub received: u64,
+    /// Every live partition is idle: the worker holds its frontier only for lack of data.
+    pub all_idle: bool,
 }
 
 impl Ingest {
@@ -363,6 +399,7 @@ impl Ingest {
                 frontier: None,
                 accepted,
                 received,
+                all_idle: false,
             };
         }
         let holding = live
@@ -375,6 +412,7 @@ impl Ingest {
             frontier: Some(holding.unwrap_or(input_time).max(input_time)),
             accepted,
             received,
+            all_idle: holding.is_none(),
         }
     }
 

@@ -225,6 +225,7 @@ pub fn run_job(
         .unwrap_or_default();
     let worker_counters = counters.clone();
     let opts_w = opts.clone();
+    let frontiers = Arc::new(ingest::LocalFrontiers::new(opts.workers));
     let config = match &opts.cluster {
         None => timely::Config::process(opts.workers.max(1)),
         Some(c) => timely::Config {
@@ -246,6 +247,7 @@ pub fn run_job(
             &opts_w,
             tx.clone(),
             &worker_counters,
+            &frontiers,
         )
     })
     .map_err(JobError::Timely)?;
@@ -334,8 +336,10 @@ fn run_worker(
     opts: &JobOptions,
     sink: crossbeam_channel::Sender<SinkMessage>,
     counters: &Arc<SharedCounters>,
+    frontiers: &ingest::LocalFrontiers,
 ) -> WorkerStats {
     let index = worker.index();
+    let local_index = index % opts.workers.max(1);
     let peers = worker.peers();
     let mut input = InputHandleVec::<u64, OrderEvent>::new();
     let probe = ProbeHandle::new();
@@ -692,6 +696,16 @@ fn run_worker(
             match round.frontier {
                 None => finished = true,
                 Some(f) => natural = f,
+            }
+            // A worker with only idle partitions follows the other workers of this process, so
+            // it does not hold the watermark back; its partitions' older data is then late.
+            if round.all_idle {
+                frontiers.publish(local_index, None);
+                if let Some(others) = frontiers.lowest_other(local_index) {
+                    natural = natural.max(others);
+                }
+            } else {
+                frontiers.publish(local_index, (!finished).then_some(natural));
             }
             let target = cut.map_or(natural, |c| natural.min(c));
             if !finished && target > *input.time() {
