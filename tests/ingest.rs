@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fulfillment_ai::config::PipelineSpec;
-use fulfillment_ai::dataflow::{run_job, JobOptions, Pacing};
+use fulfillment_ai::dataflow::{run_job, JobOptions, JobReport, Pacing};
 use fulfillment_ai::sources::memory::MemoryPartitions;
 use fulfillment_ai::sources::{PartitionReader, PollStatus, RawBatch, Source};
 
@@ -108,17 +108,22 @@ impl Source for TwoLivePartitions {
     }
 }
 
-#[test]
-fn idle_partition_stops_holding_the_watermark_and_its_old_data_is_late() {
+/// Runs [`TwoLivePartitions`] on `workers` workers with a 100 ms idle timeout and checks that
+/// exactly the sleepy partition's old event is late: partition 0 ran 10 h of event time ahead
+/// while partition 1 was idle, so partition 1's event from T0 is behind the frontier
+/// (T0 + 9h45m - 2h30m).
+fn run_with_a_sleepy_partition(workers: usize) -> JobReport {
     let text = include_str!("../pipelines/fulfillment.yaml").replacen(
         "idle_timeout: 30s",
         "idle_timeout: 100ms",
         1,
     );
     let spec = PipelineSpec::parse(&text, "test.yaml").unwrap();
-    let report = run_job(&spec, Arc::new(TwoLivePartitions), &JobOptions::default()).unwrap();
-    // Partition 0 ran 10 h of event time ahead while partition 1 was idle; partition 1's event
-    // from T0 is behind the worker frontier (T0 + 9h45m - 2h30m) and is late.
+    let opts = JobOptions {
+        workers,
+        ..Default::default()
+    };
+    let report = run_job(&spec, Arc::new(TwoLivePartitions), &opts).unwrap();
     assert_eq!(report.counters.received, 41);
     assert_eq!(
         report.counters.late, 1,
@@ -127,6 +132,12 @@ fn idle_partition_stops_holding_the_watermark_and_its_old_data_is_late() {
     );
     assert_eq!(report.late_events[0].order_id, "b0");
     assert_eq!(report.late_events[0].partition, 1);
+    report
+}
+
+#[test]
+fn idle_partition_stops_holding_the_watermark_and_its_old_data_is_late() {
+    let report = run_with_a_sleepy_partition(1);
     let orders = report
         .final_kpis
         .iter()
@@ -141,28 +152,7 @@ fn a_worker_whose_partitions_are_all_idle_follows_the_other_workers() {
     // The same partitions on two workers: the sleepy partition is worker 1's only one. Worker 1
     // must not hold the job at tick 0 while it is idle, so the old event is late exactly as
     // with one worker (where the worker's other partition carries the frontier).
-    let text = include_str!("../pipelines/fulfillment.yaml").replacen(
-        "idle_timeout: 30s",
-        "idle_timeout: 100ms",
-        1,
-    );
-    let spec = PipelineSpec::parse(&text, "test.yaml").unwrap();
-    let report = run_job(
-        &spec,
-        Arc::new(TwoLivePartitions),
-        &JobOptions {
-            workers: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(report.counters.received, 41);
-    assert_eq!(
-        report.counters.late, 1,
-        "late events: {:?}",
-        report.late_events
-    );
-    assert_eq!(report.late_events[0].order_id, "b0");
+    let report = run_with_a_sleepy_partition(2);
     assert!(report.late_events[0].frontier_tick > 0);
 }
 

@@ -463,31 +463,9 @@ fn two_partitions_read_by_two_workers_equal_one_partition_read_by_one() {
 #[test]
 fn produce_and_run_commands_work_against_the_broker() {
     let broker = Broker::start(None);
-    let bin = env!("CARGO_BIN_EXE_fulfillment-ai");
     let kafka = broker.kafka();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin)
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
-            .env("FULFILLMENT_KAFKA_TOPICS_FILE", &broker.topics_file)
-            .env(
-                "DATABASE_URL",
-                format!(
-                    "sqlite://{}",
-                    broker.data_dir().join("agents.sqlite").display()
-                ),
-            )
-            .output()
-            .expect("run the binary");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
+    let db = broker.data_dir().join("agents.sqlite");
+    let run = |args: &[&str]| broker::stdout_of_success(broker.binary(&db, args));
     let produced = run(&["produce", "--events", "4000", "--rate", "20000", "--quiet"]);
     assert!(produced.starts_with("produced 4000 events"), "{produced}");
     assert!(

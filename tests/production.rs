@@ -22,28 +22,14 @@ use std::time::{Duration, Instant};
 use broker::Broker;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fulfillment-ai");
-
 fn command(broker: &Broker, db: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("KAFKA_BOOTSTRAP_SERVERS", &broker.kafka().bootstrap_servers)
-        .env("FULFILLMENT_KAFKA_TOPICS_FILE", &broker.topics_file)
-        .env("FULFILLMENT_LLM_BACKEND", "offline")
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()));
+    let mut c = broker.binary(db, args);
+    c.env("FULFILLMENT_LLM_BACKEND", "offline");
     c
 }
 
 fn run_to_end(broker: &Broker, db: &Path, args: &[&str]) -> String {
-    let out = command(broker, db, args).output().expect("run the binary");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    broker::stdout_of_success(command(broker, db, args))
 }
 
 fn job_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {

@@ -30,7 +30,32 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Runs `command` to the end and returns its stdout; panics with stdout and stderr unless it
+/// succeeded.
+pub fn stdout_of_success(mut command: Command) -> String {
+    let out = command.output().expect("run the binary");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 impl Broker {
+    /// The job binary with `args`, run from the repository, pointed at this broker, its topics
+    /// file and the SQLite case store `db`.
+    pub fn binary(&self, db: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fulfillment-ai"));
+        c.args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("KAFKA_BOOTSTRAP_SERVERS", &self.kafka().bootstrap_servers)
+            .env("FULFILLMENT_KAFKA_TOPICS_FILE", &self.topics_file)
+            .env("DATABASE_URL", format!("sqlite://{}", db.display()));
+        c
+    }
+
     /// Starts a broker and creates the topics of `topics_yaml` (the shipped file when `None`).
     pub fn start(topics_yaml: Option<&str>) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
