@@ -1,5 +1,5 @@
 //! The policy knowledge base with the real all-MiniLM-L6-v2 weights (`scripts/fetch_model.sh`),
-//! real faiss and BM25: retrieval quality on the hand-written evaluation set, filters, runtime
+//! real faiss and BM25: retrieval quality on the three hand-written evaluation sets, filters, runtime
 //! add / replace / delete surviving a reopen, rebuilding only when documents or the embedder
 //! change, bad documents rejected, concurrent searches, and the hashed fallback.
 //!
@@ -95,14 +95,22 @@ fn hybrid_retrieval_beats_dense_and_bm25_and_holds_its_measured_recall() {
     let tuning = questions("questions.yaml");
     // Written before any of those choices and never used to make one.
     let heldout = questions("heldout.yaml");
-    assert!(tuning.len() >= 40 && heldout.len() >= 30);
-    for (qs, at_least) in [(&tuning, 0.86), (&heldout, 0.94)] {
+    // Written by a separate author from the policies alone, without seeing the other two sets
+    // or any result, and never used to choose anything.
+    let blind = questions("blind.yaml");
+    assert!(tuning.len() >= 40 && heldout.len() >= 30 && blind.len() >= 40);
+    for (qs, at_least, mrr_at_least) in [
+        (&tuning, 0.86, 0.75),
+        (&heldout, 0.94, 0.75),
+        (&blind, 0.81, 0.68),
+    ] {
         let hybrid = evaluate(&kb, qs, Mode::Hybrid).unwrap();
         let dense = evaluate(&kb, qs, Mode::Dense).unwrap();
         let bm25 = evaluate(&kb, qs, Mode::Bm25).unwrap();
         eprintln!("dense {dense:?}\nbm25 {bm25:?}\nhybrid {hybrid:?}");
-        // Measured 0.873 (tuning) and 0.971 (held out), BENCHMARKS.md; each bound is one question
-        // below. The 0.90 target is NOT met on the tuning set.
+        // Measured 0.873 (tuning), 0.971 (held out) and 0.833 (blind), BENCHMARKS.md; each
+        // bound is about one question below. The 0.90 target is NOT met on the tuning
+        // and blind sets.
         assert!(
             hybrid.recall_at_5 >= at_least,
             "hybrid recall@5 {:.3} < {at_least}; misses: {:#?}",
@@ -110,7 +118,7 @@ fn hybrid_retrieval_beats_dense_and_bm25_and_holds_its_measured_recall() {
             hybrid.misses_at_5
         );
         assert!(hybrid.recall_at_5 > dense.recall_at_5 && hybrid.recall_at_5 > bm25.recall_at_5);
-        assert!(hybrid.mrr > 0.75, "hybrid MRR {}", hybrid.mrr);
+        assert!(hybrid.mrr > mrr_at_least, "hybrid MRR {}", hybrid.mrr);
     }
 }
 
