@@ -86,8 +86,10 @@ pub struct TimeSpec {
     /// depend on the worker count.
     pub partitions: u32,
     /// Watermark alignment: a worker stops reading a partition whose largest event time is this
-    /// far ahead of its slowest live partition's, until that one catches up. Bounds the events
-    /// held back by the slowest partition (memory) without changing any result; 0 turns it off.
+    /// far ahead of its slowest live partition's, and stops reading altogether while its input
+    /// frontier is this far ahead of the slowest other worker of the process, until the slow
+    /// one catches up. Bounds the events held back by the slowest partition or worker (memory)
+    /// without changing any result; 0 turns it off.
     #[serde(default = "default_max_partition_drift")]
     pub max_partition_drift: Duration,
 }

@@ -68,7 +68,8 @@ impl SharedCounters {
 
 /// The input frontiers of this process's workers, so that a worker whose partitions are all
 /// idle follows the others instead of holding the job's watermark back (the worker-level
-/// counterpart of an idle partition). Cluster mode: only this process's workers are known.
+/// counterpart of an idle partition), and a worker far ahead of the slowest waits for it
+/// (watermark alignment between workers). Cluster mode: only this process's workers are known.
 #[derive(Debug)]
 pub struct LocalFrontiers(Box<[AtomicU64]>);
 
@@ -257,6 +258,31 @@ impl Ingest {
             slowest = Some(slowest.map_or(m, |s| s.min(m)));
         }
         slowest.map(|s| s.saturating_add(self.max_drift_ms))
+    }
+
+    /// The drift allowed between this worker and the slowest other worker of the process, in
+    /// ticks (`time.max_partition_drift` rounded up); `None` when alignment is off.
+    pub fn max_drift_ticks(&self) -> Option<u64> {
+        (self.max_drift_ms > 0).then(|| {
+            let tick = self.clock.tick_ms.max(1);
+            ((self.max_drift_ms + tick - 1) / tick) as u64
+        })
+    }
+
+    /// A round without reading: the worker is more than the allowed drift ahead of the slowest
+    /// other worker (watermark alignment between workers) and waits at `input_time`. Its
+    /// partitions are held back by us, not silent, so none of them may turn idle meanwhile.
+    pub fn hold(&mut self, input_time: u64) -> Round {
+        let now = Instant::now();
+        for p in self.parts.iter_mut().filter(|p| !p.finished && !p.idle) {
+            p.last_data = now;
+        }
+        Round {
+            frontier: Some(input_time),
+            accepted: 0,
+            received: 0,
+            all_idle: false,
+        }
     }
 
     /// Polls every owned partition once (up to `per_partition` events each), pushing accepted

@@ -674,6 +674,7 @@ fn run_worker(
     let mut since_sync = 0usize;
     let ingest_started = Instant::now();
     let mut natural = *input.time();
+    let drift_ticks = ingest.max_drift_ticks();
     let mut finished = false;
     let mut sizes = state_gauges::StateSizes::default();
     let mut last_measured = Instant::now();
@@ -681,13 +682,26 @@ fn run_worker(
         let cut = schedule.as_ref().and_then(|s| s.cut);
         let at_cut = cut.is_some_and(|c| finished || natural >= c);
         if !at_cut && !finished {
-            let round = ingest.round(
-                opts.batch_per_partition,
-                *input.time(),
-                &mut batch,
-                &sink,
-                counters,
-            );
+            // Watermark alignment between workers: reading on while far ahead of the slowest
+            // worker of this process would only fill the operators' stashes with events that
+            // wait for that worker's watermark. The slowest worker is never held, so this
+            // cannot deadlock.
+            let ahead = drift_ticks.is_some_and(|d| {
+                frontiers
+                    .lowest_other(local_index)
+                    .is_some_and(|slowest| natural > slowest.saturating_add(d))
+            });
+            let round = if ahead {
+                ingest.hold(natural)
+            } else {
+                ingest.round(
+                    opts.batch_per_partition,
+                    *input.time(),
+                    &mut batch,
+                    &sink,
+                    counters,
+                )
+            };
             if !batch.is_empty() {
                 input.send_batch(&mut batch);
                 batch.clear();
