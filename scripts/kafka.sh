@@ -49,6 +49,12 @@ running_pid() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 
+# The process just started (whatever it is called yet) exists and is not a zombie.
+started_alive() {
+  local pid; pid="$(cat "$PIDFILE")"
+  kill -0 "$pid" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' /proc/"$pid"/status 2>/dev/null
+}
+
 start() {
   install
   mkdir -p "$DIR"
@@ -75,7 +81,9 @@ start() {
       say "Tansu $TANSU_VERSION up on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"), storage $engine)"
       return 0
     fi
-    if ! running_pid >/dev/null; then
+    # Alive, not `running_pid`: until the subshell has exec'd nohup and nohup Tansu, the
+    # process is still called bash or nohup, and a busy machine shows that for a while.
+    if ! started_alive; then
       echo "kafka: Tansu exited at start; last log lines:" >&2; tail -20 "$LOG" >&2; exit 1
     fi
     sleep 0.1
