@@ -86,12 +86,16 @@ pub struct TimeSpec {
     /// depend on the worker count.
     pub partitions: u32,
     /// Watermark alignment: a worker stops reading a partition whose largest event time is this
-    /// far ahead of its slowest live partition's, and stops reading altogether while its input
-    /// frontier is this far ahead of the slowest other worker of the process, until the slow
-    /// one catches up. Bounds the events held back by the slowest partition or worker (memory)
-    /// without changing any result; 0 turns it off.
+    /// far ahead of its slowest live partition's, until that one catches up. Bounds the events
+    /// held back by the slowest partition (memory) without changing any result; 0 turns it off.
     #[serde(default = "default_max_partition_drift")]
     pub max_partition_drift: Duration,
+    /// Watermark alignment between workers: a worker stops reading while its input frontier is
+    /// this far ahead of the slowest other worker of its process. Halves the operators' stash
+    /// but idles the worker that waits (BENCHMARKS.md: -6% RSS, -8 to -19% throughput on 2
+    /// cores), so it is off (0) unless memory matters more than speed.
+    #[serde(default)]
+    pub max_worker_drift: Duration,
 }
 
 fn default_max_partition_drift() -> Duration {
@@ -444,6 +448,7 @@ impl PipelineSpec {
             ("out_of_orderness", t.out_of_orderness),
             ("allowed_lateness", t.allowed_lateness),
             ("max_partition_drift", t.max_partition_drift),
+            ("max_worker_drift", t.max_worker_drift),
         ] {
             if d.ms() < 0 {
                 return Err(err(format!("time.{name}"), "must not be negative".into()));

@@ -133,6 +133,8 @@ pub struct Ingest {
     trail_ms: i64,
     /// Watermark alignment (0: off): see `TimeSpec::max_partition_drift`.
     max_drift_ms: i64,
+    /// Alignment between workers (0: off): see `TimeSpec::max_worker_drift`.
+    max_worker_drift_ms: i64,
     idle_timeout: Duration,
     batch: RawBatch,
     pacing: Pacing,
@@ -182,6 +184,7 @@ impl Ingest {
             },
             trail_ms: spec.time.out_of_orderness.ms() + spec.time.allowed_lateness.ms(),
             max_drift_ms: spec.time.max_partition_drift.ms(),
+            max_worker_drift_ms: spec.time.max_worker_drift.ms(),
             idle_timeout: Duration::from_millis(spec.time.idle_timeout.ms().max(0) as u64),
             batch: RawBatch::default(),
             pacing,
@@ -261,11 +264,11 @@ impl Ingest {
     }
 
     /// The drift allowed between this worker and the slowest other worker of the process, in
-    /// ticks (`time.max_partition_drift` rounded up); `None` when alignment is off.
-    pub fn max_drift_ticks(&self) -> Option<u64> {
-        (self.max_drift_ms > 0).then(|| {
+    /// ticks (`time.max_worker_drift` rounded up); `None` when that alignment is off.
+    pub fn max_worker_drift_ticks(&self) -> Option<u64> {
+        (self.max_worker_drift_ms > 0).then(|| {
             let tick = self.clock.tick_ms.max(1);
-            ((self.max_drift_ms + tick - 1) / tick) as u64
+            ((self.max_worker_drift_ms + tick - 1) / tick) as u64
         })
     }
 

@@ -674,7 +674,7 @@ fn run_worker(
     let mut since_sync = 0usize;
     let ingest_started = Instant::now();
     let mut natural = *input.time();
-    let drift_ticks = ingest.max_drift_ticks();
+    let drift_ticks = ingest.max_worker_drift_ticks();
     let mut finished = false;
     let mut sizes = state_gauges::StateSizes::default();
     let mut last_measured = Instant::now();
