@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fulfillment_ai::config::PipelineSpec;
-use fulfillment_ai::dataflow::{run_job, JobOptions, JobReport, Pacing};
+use fulfillment_ai::dataflow::{run_job, JobOptions, JobReport, Pacing, SharedCounters};
 use fulfillment_ai::sources::memory::MemoryPartitions;
 use fulfillment_ai::sources::{PartitionReader, PollStatus, RawBatch, Source};
 
@@ -292,9 +292,9 @@ impl Source for UnevenPartitions {
 }
 
 /// Runs [`UnevenPartitions`] on two workers with `time.max_worker_drift` set to `drift`;
-/// returns the report and the largest event-time gap between the partitions while both were
-/// being read.
-fn run_uneven(drift: &str) -> (JobReport, Duration) {
+/// returns the report, the largest event-time gap between the partitions while both were being
+/// read, and how many rounds a worker skipped to wait.
+fn run_uneven(drift: &str) -> (JobReport, Duration, u64) {
     let text = include_str!("../pipelines/fulfillment.yaml").replacen(
         "max_worker_drift: 0s",
         &format!("max_worker_drift: {drift}"),
@@ -302,16 +302,19 @@ fn run_uneven(drift: &str) -> (JobReport, Duration) {
     );
     let spec = PipelineSpec::parse(&text, "test.yaml").unwrap();
     let positions = ReadPositions::new();
+    let counters = Arc::new(SharedCounters::default());
     let opts = JobOptions {
         workers: 2,
         batch_per_partition: 16,
+        counters: Some(counters.clone()),
         ..Default::default()
     };
     let report = run_job(&spec, Arc::new(UnevenPartitions(positions.clone())), &opts).unwrap();
     assert_eq!(report.counters.accepted, 12_000);
     assert_eq!(report.counters.late, 0);
     let spread = positions.peak_spread_ms.load(Ordering::SeqCst);
-    (report, Duration::from_millis(spread as u64))
+    let waits = counters.worker_alignment_waits.load(Ordering::SeqCst);
+    (report, Duration::from_millis(spread as u64), waits)
 }
 
 #[test]
@@ -319,15 +322,17 @@ fn a_worker_far_ahead_of_the_others_waits_for_them() {
     // Aligned (1 h): worker 0 reads on only while it is less than 1 h + 1 tick ahead of worker
     // 1's published frontier, which trails what worker 1 has read; one 16-minute batch more
     // makes 77 min at most (measured: 76 min; 99 h with the hold disabled).
-    let (aligned, spread) = run_uneven("1h");
-    eprintln!("aligned: largest gap {spread:?}");
+    let (aligned, spread, waits) = run_uneven("1h");
+    eprintln!("aligned: largest gap {spread:?}, {waits} rounds waited");
+    assert!(waits > 0, "the worker ahead never waited");
     assert!(
         spread <= Duration::from_secs(77 * 60),
         "partitions on different workers drifted {spread:?} apart"
     );
     // Unaligned: nothing stops worker 0, and the gap grows towards the full 100 h.
-    let (free, free_spread) = run_uneven("0s");
+    let (free, free_spread, free_waits) = run_uneven("0s");
     eprintln!("unaligned: largest gap {free_spread:?}");
+    assert_eq!(free_waits, 0);
     assert!(
         free_spread >= Duration::from_secs(10 * 3600),
         "without alignment the gap was only {free_spread:?}"

@@ -466,6 +466,15 @@ fn rest_api_answers_from_the_running_job() {
     assert!(orders > 0.0 && orders <= received, "{orders} order records");
     assert!(metric(text, r#"fulfillment_state_entries{state="kpi_cells"}"#).unwrap() > 0.0);
     assert!(metric(text, "fulfillment_watermark_lag_seconds").unwrap() > 0.0);
+    // Alignment waits of both levels are exported; the worker level is off by default.
+    let waits = |level: &str| {
+        metric(
+            text,
+            &format!(r#"fulfillment_alignment_waits_total{{level="{level}"}}"#),
+        )
+    };
+    assert!(waits("partition").is_some_and(|w| w >= 0.0));
+    assert_eq!(waits("worker"), Some(0.0));
     assert_eq!(
         metric(text, "fulfillment_consumer_lag_messages"),
         Some(-1.0)

@@ -33,6 +33,12 @@ pub struct SharedCounters {
     pub watermark_ms: std::sync::atomic::AtomicI64,
     /// Entries held by the stateful operators.
     pub state: crate::dataflow::state_gauges::StateGauges,
+    /// Partition reads skipped because the partition ran ahead of its worker's slowest
+    /// (`time.max_partition_drift`).
+    pub partition_alignment_waits: AtomicU64,
+    /// Worker rounds skipped because the worker ran ahead of the slowest other worker
+    /// (`time.max_worker_drift`).
+    pub worker_alignment_waits: AtomicU64,
 }
 
 impl SharedCounters {
@@ -275,7 +281,10 @@ impl Ingest {
     /// A round without reading: the worker is more than the allowed drift ahead of the slowest
     /// other worker (watermark alignment between workers) and waits at `input_time`. Its
     /// partitions are held back by us, not silent, so none of them may turn idle meanwhile.
-    pub fn hold(&mut self, input_time: u64) -> Round {
+    pub fn hold(&mut self, input_time: u64, counters: &SharedCounters) -> Round {
+        counters
+            .worker_alignment_waits
+            .fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         for p in self.parts.iter_mut().filter(|p| !p.finished && !p.idle) {
             p.last_data = now;
@@ -310,6 +319,9 @@ impl Ingest {
                 if m > limit && !self.parts[i].idle {
                     // Held back by us, not silent: it must not turn idle meanwhile.
                     self.parts[i].last_data = Instant::now();
+                    counters
+                        .partition_alignment_waits
+                        .fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
             }

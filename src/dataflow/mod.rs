@@ -692,7 +692,7 @@ fn run_worker(
                     .is_some_and(|slowest| natural > slowest.saturating_add(d))
             });
             let round = if ahead {
-                ingest.hold(natural)
+                ingest.hold(natural, counters)
             } else {
                 ingest.round(
                     opts.batch_per_partition,

@@ -26,6 +26,7 @@ pub struct Metrics {
     watermark: Gauge,
     watermark_lag: Gauge,
     consumer_lag: IntGauge,
+    alignment_waits: IntCounterVec,
     pub kpi_updates: IntCounterVec,
     pub deviations: IntCounterVec,
     agent_runs: IntCounterVec,
@@ -134,6 +135,13 @@ impl Metrics {
                 "Wall clock minus the watermark",
             ),
             consumer_lag,
+            alignment_waits: counter_vec(
+                &r,
+                "fulfillment_alignment_waits_total",
+                "Reads skipped by watermark alignment: a partition ahead of its worker's slowest \
+                 (level=partition) or a worker ahead of the slowest other worker (level=worker)",
+                &["level"],
+            ),
             kpi_updates: counter_vec(
                 &r,
                 "fulfillment_kpi_updates_total",
@@ -217,6 +225,15 @@ impl Metrics {
         sync(&self.events_dead_lettered, load(&counters.dead_lettered));
         sync(&self.events_late, load(&counters.late));
         sync(&self.events_duplicate, load(&counters.duplicates));
+        for (level, waits) in [
+            ("partition", &counters.partition_alignment_waits),
+            ("worker", &counters.worker_alignment_waits),
+        ] {
+            sync(
+                &self.alignment_waits.with_label_values(&[level]),
+                load(waits),
+            );
+        }
         let wm = counters.watermark_ms.load(Ordering::Relaxed);
         if wm > 0 {
             self.watermark.set(wm as f64 / 1000.0);
