@@ -2,9 +2,10 @@
 //!
 //! Crash recovery: the job consumes a topic with checkpoints on, is killed with SIGKILL at
 //! random points (each after a fresh checkpoint, so every restart resumes from a different one)
-//! and is restarted until it finishes. Its final KPIs, deviations, dead letters and late events
-//! must equal an uninterrupted run's, no deviation may be lost or written twice, and the agent
-//! stage may not publish an action twice.
+//! and is restarted until it finishes, each time with another number of workers (a rescale from
+//! the checkpoint). Its final KPIs, deviations, dead letters and late events must equal an
+//! uninterrupted run's, no deviation may be lost or written twice, and the agent stage may not
+//! publish an action twice.
 //!
 //! Scale-out: two processes of one worker each, in timely's cluster mode on loopback, must
 //! produce together exactly what one process produces.
@@ -152,7 +153,7 @@ fn kill(child: &mut Child) {
 }
 
 #[test]
-fn sigkill_at_random_points_changes_no_number_and_duplicates_no_action() {
+fn sigkill_and_restarts_with_other_worker_counts_change_no_number_and_duplicate_no_action() {
     let broker = Broker::start(None);
     let tmp = broker.data_dir().to_path_buf();
     let produced = run_to_end(
@@ -187,14 +188,22 @@ fn sigkill_at_random_points_changes_no_number_and_duplicates_no_action() {
             "--checkpoint-interval",
             "200ms",
             "--speed",
-            "40000x",
+            "20000x",
         ],
     );
+    // The uninterrupted run has 2 workers; every restart has another number than the run before
+    // it, so each resumes by re-partitioning the saved state (1 <-> 4 workers included).
+    let workers = ["2", "3", "1", "4", "2", "3"];
+    let with_workers = |n: &'static str| {
+        let mut a = args.clone();
+        a[6] = n;
+        a
+    };
     let mut rng = Lcg(0x5eed_2026);
     let mut cuts = Vec::new();
     for kill_no in 1..=5 {
         let before = newest_checkpoint(&state);
-        let mut child = command(&broker, &crash_db, &args)
+        let mut child = command(&broker, &crash_db, &with_workers(workers[kill_no - 1]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -229,7 +238,7 @@ fn sigkill_at_random_points_changes_no_number_and_duplicates_no_action() {
             "checkpoints advance between kills: {cuts:?}"
         );
     }
-    let text = run_to_end(&broker, &crash_db, &args);
+    let text = run_to_end(&broker, &crash_db, &with_workers(workers[5]));
     assert!(text.contains("40000 events"), "{text}");
     let store_crash = store_totals(&text);
 
@@ -291,11 +300,15 @@ fn store_totals(text: &str) -> String {
     format!("{cases}; {actions}")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// `n` distinct free loopback ports (all bound at once, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
 }
 
 #[test]
@@ -315,11 +328,9 @@ fn two_processes_of_one_worker_equal_one_process() {
     // Two processes on loopback, one worker each: the topic's 4 partitions are spread over
     // both, and each process writes the outputs of its own worker.
     let hostfile = tmp.join("hosts.txt");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    let ports = free_ports(2);
+    let host_lines = format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]);
+    std::fs::write(&hostfile, host_lines).unwrap();
     let hosts = hostfile.to_str().unwrap().to_owned();
     let outs: Vec<PathBuf> = (0..2).map(|p| tmp.join(format!("part-{p}"))).collect();
     let children: Vec<Child> = (0..2)

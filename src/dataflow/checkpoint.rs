@@ -20,6 +20,11 @@
 //! state at the cut and a background thread writes it; the worker waits for that write before
 //! its ballot at the next cut, so that vote proves the checkpoint durable everywhere and
 //! commits it (the last one is committed by a final vote when the input has ended).
+//!
+//! Rescaling: a checkpoint resumes with another number of workers per process (the number of
+//! processes must stay the same: output positions and counters are kept per process). Every
+//! keyed state entry goes to the worker that the dataflow's exchange would send its key to now
+//! ([`Owner`]), and every partition's read position to the worker that now reads it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -41,6 +46,22 @@ pub struct CheckpointOptions {
     /// Resume from the newest committed checkpoint in `dir` (otherwise start fresh and
     /// overwrite).
     pub resume: bool,
+}
+
+/// The worker that owns a key hash among `peers` workers. timely's `Exchange` sends a record
+/// whose key hashes to `h` to worker `h % peers` (it masks when `peers` is a power of two, which
+/// is the same), so a restore that keeps the entries a worker owns gives each worker exactly the
+/// state its inputs will be routed to; a test below checks this against timely itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub worker: usize,
+    pub peers: usize,
+}
+
+impl Owner {
+    pub fn owns(&self, hash: u64) -> bool {
+        hash % self.peers.max(1) as u64 == self.worker as u64
+    }
 }
 
 /// Read position of one partition at a cut.
@@ -196,6 +217,18 @@ pub fn process_path(dir: &Path, n: u64, process: usize) -> PathBuf {
 
 pub fn load_worker(dir: &Path, n: u64, worker: usize) -> std::io::Result<WorkerSnapshot<'static>> {
     decode(&worker_path(dir, n, worker))
+}
+
+/// How many processes wrote checkpoint `n` (one `process-<p>.bin` each).
+pub fn processes_of(dir: &Path, n: u64) -> std::io::Result<usize> {
+    Ok(std::fs::read_dir(checkpoint_dir(dir, n))?
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("process-") && name.ends_with(".bin")
+        })
+        .count())
 }
 
 pub fn save_process(
@@ -445,5 +478,50 @@ mod tests {
         assert_eq!(committed(dir.path(), 0).unwrap(), vec![3, 4]);
         clear(dir.path()).unwrap();
         assert!(committed(dir.path(), 0).unwrap().is_empty());
+    }
+
+    /// `Owner` must agree with the exchange that routes the live data, or a rescaled restore
+    /// would put state on one worker and its events on another.
+    #[test]
+    fn owner_matches_where_timely_exchanges_a_key() {
+        use std::sync::{Arc, Mutex};
+        use timely::dataflow::channels::pact::Exchange;
+        use timely::dataflow::operators::{Operator, ToStream};
+        for peers in [3usize, 4] {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let sink = seen.clone();
+            timely::execute(timely::Config::process(peers), move |worker| {
+                let me = worker.index();
+                let sink = sink.clone();
+                worker.dataflow::<u64, _, _>(|scope| {
+                    let keys: Vec<u64> = if me == 0 {
+                        (0..200u64)
+                            .map(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    keys.to_stream(scope).sink(
+                        Exchange::new(|k: &u64| *k),
+                        "Record",
+                        move |(input, _frontier)| {
+                            input.for_each(|_t, data| {
+                                let mut s = sink.lock().unwrap();
+                                s.extend(data.drain(..).map(|k| (k, me)));
+                            });
+                        },
+                    );
+                });
+            })
+            .unwrap();
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 200);
+            for &(key, worker) in seen.iter() {
+                assert!(
+                    Owner { worker, peers }.owns(key),
+                    "key {key} went to {worker} of {peers}"
+                );
+            }
+        }
     }
 }

@@ -15,6 +15,7 @@ use rustc_hash::{FxHashMap, FxHasher};
 use serde::{Deserialize, Serialize};
 
 use crate::config::pipeline::{FactSel, Kpi, Measure, PipelineSpec, Severity};
+use crate::dataflow::checkpoint::Owner;
 use crate::dataflow::kpi_math::{anomaly_z, kpi_status, kpi_value, quantile_rank, status_count};
 use crate::dataflow::orders::{BacklogKey, Labels};
 use crate::model::facts::{Fact, FactKind};
@@ -280,11 +281,41 @@ impl CellState {
         }
     }
 
-    pub fn restore(&mut self, snapshot: CellStateSnapshot) {
-        self.cells = snapshot.cells.into_owned();
-        self.closing = snapshot.closing.into_owned();
-        self.levels = snapshot.levels.into_owned();
-        self.history = snapshot.history.into_owned();
+    /// Adds the series of a saved snapshot that `owner` owns (open windows, their closing
+    /// schedule, backlog levels and anomaly baselines) to a state being restored.
+    pub fn merge_restored(&mut self, snapshot: CellStateSnapshot, owner: Owner) {
+        let mine =
+            |&(kpi, dimset, labels): &(u16, u16, u64)| owner.owns(series_hash(kpi, dimset, labels));
+        self.cells.extend(
+            snapshot
+                .cells
+                .into_owned()
+                .into_iter()
+                .filter(|(key, _)| owner.owns(key.series())),
+        );
+        for (tick, keys) in snapshot.closing.into_owned() {
+            let keys: Vec<_> = keys
+                .into_iter()
+                .filter(|k| owner.owns(k.series()))
+                .collect();
+            if !keys.is_empty() {
+                self.closing.entry(tick).or_default().extend(keys);
+            }
+        }
+        self.levels.extend(
+            snapshot
+                .levels
+                .into_owned()
+                .into_iter()
+                .filter(|(k, _)| mine(k)),
+        );
+        self.history.extend(
+            snapshot
+                .history
+                .into_owned()
+                .into_iter()
+                .filter(|(k, _)| mine(k)),
+        );
     }
 
     fn cell(&mut self, key: CellKey, labels: &Labels) -> &mut Cell {

@@ -156,7 +156,7 @@ pub struct JobReport {
     pub counters: Counters,
     pub dead_letters: Vec<DeadLetter>,
     pub late_events: Vec<LateEvent>,
-    /// Peak live order records summed over workers (sampled at ingest rounds).
+    /// Peak live order records summed over workers (each worker's own peak, measured per tick).
     pub peak_live_orders: u64,
     /// Process RSS after the input was processed up to the watermark, before the end-of-input
     /// drain (Linux only).
@@ -281,20 +281,32 @@ pub fn run_job(
     })
 }
 
-/// Refuses to resume from a checkpoint taken with a different number of workers (its state is
-/// partitioned by worker).
+/// Refuses to resume from a checkpoint it cannot restore: one taken by a different number of
+/// processes (output positions and counters are kept per process), or, in cluster mode, with a
+/// different number of workers (a rescale reads every worker's file, and each process keeps
+/// only its own). A single process resumes with any number of workers.
 fn check_resumable(c: &checkpoint::CheckpointOptions, opts: &JobOptions) -> Result<(), JobError> {
     let process = opts.cluster.as_ref().map_or(0, |c| c.process);
     let processes = opts.cluster.as_ref().map_or(1, |c| c.addresses.len());
     let peers = opts.workers.max(1) * processes;
     if let Some(&n) = checkpoint::committed(&c.dir, process)?.last() {
-        let saved = checkpoint::load_process(&c.dir, n, process)?;
-        if saved.peers != peers {
-            return Err(JobError::Checkpoint(format!(
-                "{}: checkpoint {n} was taken with {} workers in all, this job has {peers}; resume with the same --workers and --processes, or start over with --fresh",
-                c.dir.display(),
-                saved.peers
-            )));
+        let saved_processes = checkpoint::processes_of(&c.dir, n)?;
+        let saved_peers = checkpoint::load_process(&c.dir, n, process)?.peers;
+        let refuse = |why: String| {
+            Err(JobError::Checkpoint(format!(
+                "{}: checkpoint {n} {why}, or start over with --fresh",
+                c.dir.display()
+            )))
+        };
+        if saved_processes != processes {
+            return refuse(format!(
+                "was taken by {saved_processes} processes, this job has {processes}; resume with the same --processes"
+            ));
+        }
+        if processes > 1 && saved_peers != peers {
+            return refuse(format!(
+                "was taken with {saved_peers} workers in all, this job has {peers}; a cluster job resumes with the same --workers (a single process can change them)"
+            ));
         }
     }
     Ok(())
@@ -343,7 +355,6 @@ fn run_worker(
     let peers = worker.peers();
     let mut input = InputHandleVec::<u64, OrderEvent>::new();
     let probe = ProbeHandle::new();
-    let live_orders = std::rc::Rc::new(std::cell::Cell::new(0usize));
     // Operator states, shared with this loop so that checkpoints can save and restore them.
     let order_state = Rc::new(RefCell::new(OrderState::new(spec.clone())));
     let risk_state = Rc::new(RefCell::new(RiskState::new(
@@ -359,7 +370,7 @@ fn run_worker(
         let mut builder = OperatorBuilder::new("OrderState".to_owned(), scope);
         let mut events_in = builder.new_input(
             events,
-            Exchange::new(|e: &OrderEvent| fx_hash(e.order_id.as_bytes())),
+            Exchange::new(|e: &OrderEvent| order_key(&e.order_id)),
         );
         let (facts_out, order_facts) = builder.new_output::<Vec<Fact>>();
         let (backlog_out, backlog) = builder.new_output::<Vec<BacklogUpdate>>();
@@ -371,7 +382,6 @@ fn run_worker(
         let mut risk_out =
             OutputBuilder::<_, CapacityContainerBuilder<Vec<RiskUpdate>>>::from(risk_out);
         let shared_orders = order_state.clone();
-        let live = live_orders.clone();
         let order_sink = sink.clone();
         let order_counters = counters.clone();
         let record_applied = opts.live_view.is_some();
@@ -431,7 +441,6 @@ fn run_worker(
                     let _ = order_sink
                         .send(SinkMessage::Deviations(std::mem::take(&mut out.deviations)));
                 }
-                live.set(state.live_orders());
                 for cap in caps.iter_mut() {
                     follow_frontier(cap, f);
                 }
@@ -444,7 +453,7 @@ fn run_worker(
         let risk_counters = counters.clone();
         let risk_facts = risk_updates
             .unary_frontier::<CapacityContainerBuilder<Vec<Fact>>, _, _, _>(
-                Exchange::new(route_hash),
+                Exchange::new(|u: &RiskUpdate| route_key(&u.route)),
                 "Risk",
                 move |cap, _info| {
                     let mut cap = Some(cap);
@@ -611,30 +620,47 @@ fn run_worker(
         );
         let mut sinks_at = None;
         if let Some(n) = decision.resume {
-            let saved = checkpoint::load_worker(&dir, n, index)
-                .unwrap_or_else(|e| panic!("reading checkpoint {n}: {e}"));
-            assert_eq!(
-                saved.peers, peers,
-                "checkpoint {n} was taken with {} workers in all, this job has {peers}; resume with the same number",
-                saved.peers
-            );
-            order_state.borrow_mut().restore(saved.orders, saved.cut);
-            risk_state.borrow_mut().restore(saved.risk);
-            cell_state.borrow_mut().restore(saved.cells);
+            let read =
+                |e: std::io::Error| format!("reading checkpoint {n} in {}: {e}", dir.display());
+            let saved_process = checkpoint::load_process(&dir, n, process)
+                .unwrap_or_else(|e| panic!("{}", read(e)));
+            // The same number of workers: this worker's own file. Another number (a rescale):
+            // every worker's file, keeping the entries this worker now owns.
+            let from: Vec<usize> = if saved_process.peers == peers {
+                vec![index]
+            } else {
+                (0..saved_process.peers).collect()
+            };
+            let owner = checkpoint::Owner {
+                worker: index,
+                peers,
+            };
+            let mut cut = 0;
+            let mut positions = Vec::new();
+            for w in from {
+                let saved =
+                    checkpoint::load_worker(&dir, n, w).unwrap_or_else(|e| panic!("{}", read(e)));
+                cut = saved.cut;
+                positions.extend(saved.positions);
+                order_state.borrow_mut().merge_restored(saved.orders, owner);
+                risk_state.borrow_mut().merge_restored(saved.risk, owner);
+                cell_state.borrow_mut().merge_restored(saved.cells, owner);
+            }
+            order_state.borrow_mut().finish_restore(cut);
             if first_local {
-                let p = checkpoint::load_process(&dir, n, process)
-                    .unwrap_or_else(|e| panic!("reading checkpoint {n}: {e}"));
-                counters.restore(&p.counters);
-                sinks_at = p.sinks;
+                counters.restore(&saved_process.counters);
+                sinks_at = saved_process.sinks;
             }
             tracing::info!(
                 worker = index,
                 checkpoint = n,
-                cut = saved.cut,
+                cut,
+                saved_workers = saved_process.peers,
+                workers = peers,
                 "resuming from a checkpoint"
             );
             sched.restored(n);
-            resumed = Some((saved.cut, saved.positions));
+            resumed = Some((cut, positions));
         }
         if first_local {
             let _ = sink.send(SinkMessage::Open(sinks_at));
@@ -741,7 +767,6 @@ fn run_worker(
                 let t = input.time().saturating_sub(LAG_TICKS);
                 worker.step_while(|| probe.less_than(&t));
             }
-            stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
             if last_measured.elapsed() >= STATE_GAUGE_INTERVAL {
                 last_measured = Instant::now();
                 publish_state_sizes(&order_state, &risk_state, &cell_state, counters, &mut sizes);
@@ -865,7 +890,7 @@ fn run_worker(
         drain_ms = ingest_done.elapsed().as_millis() as u64,
         "input exhausted; final drain done"
     );
-    stats.peak_live_orders = stats.peak_live_orders.max(live_orders.get() as u64);
+    stats.peak_live_orders = order_state.borrow().peak_live_orders() as u64;
     publish_state_sizes(&order_state, &risk_state, &cell_state, counters, &mut sizes);
     stats
 }
@@ -932,16 +957,20 @@ const SYNC_EVERY: usize = 64 * 1024;
 /// How far (in ticks) the dataflow may trail the input at a check.
 const LAG_TICKS: u64 = 60;
 
-fn fx_hash(bytes: &[u8]) -> u64 {
+/// The exchange key of an order: the order operator's state for it lives on the worker this
+/// hash selects (see [`checkpoint::Owner`]).
+pub(crate) fn order_key(order_id: &str) -> u64 {
     use std::hash::Hasher;
     let mut h = rustc_hash::FxHasher::default();
-    h.write(bytes);
+    h.write(order_id.as_bytes());
     h.finish()
 }
 
-fn route_hash(u: &RiskUpdate) -> u64 {
+/// The exchange key of a route: the risk operator's statistics and open orders of a route live
+/// on the worker this hash selects.
+pub(crate) fn route_key(route: &orders::Route) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
-    (u.route.0.as_str(), u.route.1.as_str(), u.route.2.as_str()).hash(&mut h);
+    (route.0.as_str(), route.1.as_str(), route.2.as_str()).hash(&mut h);
     h.finish()
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::config::pipeline::{Kpi, Measure, PipelineSpec, Severity};
+use crate::dataflow::checkpoint::Owner;
 use crate::dataflow::risk_model::RiskSnapshot;
 use crate::model::event::{EventBody, OrderEvent};
 use crate::model::facts::{cents, Dims, Fact, FactField, FactFlag, FactKind};
@@ -155,6 +156,11 @@ pub struct OrderState {
     pub record_applied: bool,
     /// Backlog updates that rebuild differential's counts after a restore.
     reinject: Vec<BacklogUpdate>,
+    /// Most live order records held at once, measured after each tick's events are applied.
+    peak_orders: usize,
+    /// Event ids remembered over all live orders (for duplicate detection), kept as a running
+    /// count so that the state gauge does not walk every order.
+    event_ids: usize,
 }
 
 fn hash_str(s: &str) -> u64 {
@@ -186,21 +192,27 @@ impl OrderState {
             touched: FxHashSet::default(),
             record_applied: false,
             reinject: Vec::new(),
+            peak_orders: 0,
+            event_ids: 0,
         }
     }
 
-    /// Number of live order records.
-    pub fn live_orders(&self) -> usize {
-        self.orders.len()
+    /// The most live order records this state has held at once. Measured inside the tick, after
+    /// its events and before its retention timers, so a job whose frontier jumps past every
+    /// order in one step still reports the orders it held.
+    pub fn peak_live_orders(&self) -> usize {
+        self.peak_orders
     }
 
     /// Entry counts for the state gauges.
     pub fn measure(&self, sizes: &mut crate::dataflow::state_gauges::StateSizes) {
         sizes.set("order_records", self.orders.len());
-        sizes.set(
-            "order_event_ids",
-            self.orders.values().map(|r| r.seen.len()).sum(),
+        debug_assert_eq!(
+            self.event_ids,
+            self.orders.values().map(|r| r.seen.len()).sum::<usize>(),
+            "running count of event ids"
         );
+        sizes.set("order_event_ids", self.event_ids);
         sizes.set("order_timers", self.timers.values().map(Vec::len).sum());
         sizes.set(
             "order_stashed_events",
@@ -217,13 +229,34 @@ impl OrderState {
         }
     }
 
-    /// Restores a snapshot taken at `cut` into an empty state. Differential's backlog count is
-    /// not in the snapshot: every order in the backlog is emitted again at tick `cut - 1`, which
-    /// rebuilds the counts without changing a level the cell operator already holds.
-    pub fn restore(&mut self, snapshot: OrderStateSnapshot, cut: u64) {
-        self.orders = snapshot.orders.into_owned();
-        self.timers = snapshot.timers.into_owned();
-        self.next_generation = snapshot.next_generation;
+    /// Adds the orders of a saved snapshot that `owner` owns, with their timers, to a state being
+    /// restored. A restore with the saved number of workers passes the worker's own snapshot
+    /// (every entry is its own); a rescaled one passes every worker's. Then [`Self::finish_restore`].
+    pub fn merge_restored(&mut self, snapshot: OrderStateSnapshot, owner: Owner) {
+        let mine = |id: &str| owner.owns(crate::dataflow::order_key(id));
+        self.orders.extend(
+            snapshot
+                .orders
+                .into_owned()
+                .into_iter()
+                .filter(|(id, _)| mine(id)),
+        );
+        for (tick, due) in snapshot.timers.into_owned() {
+            let due: Vec<_> = due.into_iter().filter(|t| mine(&t.2)).collect();
+            if !due.is_empty() {
+                self.timers.entry(tick).or_default().extend(due);
+            }
+        }
+        // Generations only need to be unique per order id; above every restored one is enough.
+        self.next_generation = self.next_generation.max(snapshot.next_generation);
+    }
+
+    /// Completes a restore at `cut`. Differential's backlog count is not in the snapshot: every
+    /// order in the backlog is emitted again at tick `cut - 1`, which rebuilds the counts without
+    /// changing a level the cell operator already holds.
+    pub fn finish_restore(&mut self, cut: u64) {
+        self.peak_orders = self.peak_orders.max(self.orders.len());
+        self.event_ids = self.orders.values().map(|r| r.seen.len()).sum();
         let tick = cut.saturating_sub(1);
         let backlog: Vec<Arc<Dims>> = self
             .orders
@@ -260,6 +293,7 @@ impl OrderState {
             for event in events {
                 self.apply(tick, event, out);
             }
+            self.peak_orders = self.peak_orders.max(self.orders.len());
         }
         // One risk snapshot per order touched in this tick, after all its events.
         let mut touched = std::mem::take(&mut self.touched);
@@ -323,6 +357,7 @@ impl OrderState {
             return;
         }
         rec.seen.push(id_hash);
+        self.event_ids += 1;
         if self.record_applied {
             out.applied.push(e.clone());
         }
@@ -760,6 +795,7 @@ impl OrderState {
                     }
                 } else {
                     let rec = self.orders.remove(order_id).expect("present");
+                    self.event_ids -= rec.seen.len();
                     if rec.in_backlog {
                         self.emit_backlog(tick, &rec.dims, -1, out);
                     }

@@ -18,6 +18,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::pipeline::{PipelineSpec, Severity};
+use crate::dataflow::checkpoint::Owner;
 use crate::dataflow::orders::{dims_context, RiskInput, RiskUpdate, Route};
 use crate::dataflow::risk_model::{crossing_time, score, RiskSnapshot, RouteStats};
 use crate::model::facts::{ppm, Dims, Fact, FactField, FactKind};
@@ -110,10 +111,31 @@ impl RiskState {
         }
     }
 
-    pub fn restore(&mut self, snapshot: RiskStateSnapshot) {
-        self.stats = snapshot.stats.into_owned();
-        self.open = snapshot.open.into_owned();
-        self.checks = snapshot.checks.into_owned();
+    /// Adds the routes of a saved snapshot that `owner` owns (their statistics, open orders and
+    /// band checks) to a state being restored. An order's route is fixed when it is created, so
+    /// each open order is in one snapshot only.
+    pub fn merge_restored(&mut self, snapshot: RiskStateSnapshot, owner: Owner) {
+        let mine = |route: &Route| owner.owns(crate::dataflow::route_key(route));
+        self.stats.extend(
+            snapshot
+                .stats
+                .into_owned()
+                .into_iter()
+                .filter(|(route, _)| mine(route)),
+        );
+        let open = snapshot.open.into_owned();
+        for (tick, due) in snapshot.checks.into_owned() {
+            // A check whose order is no longer open is stale (skipped when due); it goes nowhere.
+            let due: Vec<_> = due
+                .into_iter()
+                .filter(|(_, id)| open.get(id).is_some_and(|o| mine(&o.route)))
+                .collect();
+            if !due.is_empty() {
+                self.checks.entry(tick).or_default().extend(due);
+            }
+        }
+        self.open
+            .extend(open.into_iter().filter(|(_, o)| mine(&o.route)));
     }
 
     pub fn stash(&mut self, update: RiskUpdate) {
