@@ -132,7 +132,8 @@ async fn malformed_answers_rate_limits_errors_and_hangs_are_retried_then_reporte
     let stub = StubServer::start("127.0.0.1:0").unwrap();
     stub.set_chat_content(GOOD);
     let req = request(chunks(&["refund/partial-refund-30-60-days"]));
-    let b = backend(&stub, 800, 1, StructuredOutput::JsonSchema);
+    // A timeout a loaded machine's stub always answers within; the hangs below get a short one.
+    let b = backend(&stub, 3_000, 1, StructuredOutput::JsonSchema);
 
     // Malformed twice, then good: three attempts, success.
     stub.script([
@@ -164,6 +165,7 @@ async fn malformed_answers_rate_limits_errors_and_hangs_are_retried_then_reporte
 
     // Hangs: each attempt is cut by the timeout; three hangs fail within a bound.
     stub.script(vec![Behaviour::Hang; 6]);
+    let b = backend(&stub, 800, 1, StructuredOutput::JsonSchema);
     let t = Instant::now();
     let (err, attempts) = b.resolve(&req).await.unwrap_err();
     assert!(matches!(err, BackendError::Timeout(_)), "{err}");

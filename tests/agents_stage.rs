@@ -241,7 +241,8 @@ async fn a_hanging_model_ends_in_escalation_with_the_reason() {
     let settings = OpenAiSettings {
         base_url: stub.base_url(),
         api_key_env: "FULFILLMENT_TEST_NO_KEY".into(),
-        timeout: ConfigDuration(300),
+        // Long enough that a loaded stub has recorded each request before the client gives up.
+        timeout: ConfigDuration(1000),
         max_retries: 0,
     };
     let backend = Backend::OpenAi(Box::new(
@@ -309,10 +310,12 @@ async fn a_follow_up_continues_the_case_with_its_history() {
         .offer(dev("tix", T::TicketRaised, Severity::Info, &[]))
         .is_none());
     // Wait until the first run is recorded.
-    for _ in 0..100 {
-        if store.counts().await.unwrap().1 == 1 {
-            break;
-        }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.counts().await.unwrap().1 != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run was not recorded in 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let status = stage

@@ -4,7 +4,7 @@
 //! of the other workers waits for them (watermark alignment between workers); a scaled replay is
 //! paced by event time.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,11 @@ fn created(order: &str, ts: i64) -> String {
 }
 
 /// A scripted live partition: idle until `wake_after`, then its events (event `i` is available
-/// from `wake_after + i * gap`), then idle until `finish_after`, then finished.
+/// from `wake_after + i * gap`), then idle until `finish_after`, then finished. `delivered`
+/// counts the events it handed out; with `wake_when`, it also stays idle until that counter
+/// (another partition's) reaches the given number and it has been polled a few times since, so
+/// that its worker has gone round its loop after the other partition's data was read; with
+/// `finish_when`, it finishes only once that other counter reaches the number.
 struct Scripted {
     partition: u32,
     started: Instant,
@@ -33,6 +37,10 @@ struct Scripted {
     finish_after: Duration,
     events: Vec<String>,
     next: usize,
+    delivered: Arc<AtomicUsize>,
+    wake_when: Option<(Arc<AtomicUsize>, usize)>,
+    finish_when: Option<(Arc<AtomicUsize>, usize)>,
+    polls_since_other_done: usize,
 }
 
 impl PartitionReader for Scripted {
@@ -42,6 +50,14 @@ impl PartitionReader for Scripted {
     fn poll(&mut self, max_events: usize, batch: &mut RawBatch) -> PollStatus {
         std::thread::sleep(Duration::from_millis(1));
         let elapsed = self.started.elapsed();
+        if let Some((other, n)) = &self.wake_when {
+            if other.load(Ordering::SeqCst) >= *n {
+                self.polls_since_other_done += 1;
+            }
+            if self.polls_since_other_done < 3 {
+                return PollStatus::Idle;
+            }
+        }
         if elapsed < self.wake_after {
             return PollStatus::Idle;
         }
@@ -56,13 +72,18 @@ impl PartitionReader for Scripted {
             for e in self.events[self.next..due].iter().take(max_events) {
                 batch.push(e.as_bytes());
                 self.next += 1;
+                self.delivered.fetch_add(1, Ordering::SeqCst);
             }
             return PollStatus::Ready;
         }
         if self.next < self.events.len() {
             return PollStatus::Idle;
         }
-        if elapsed < self.finish_after {
+        let other_done = self
+            .finish_when
+            .as_ref()
+            .is_none_or(|(other, n)| other.load(Ordering::SeqCst) >= *n);
+        if elapsed < self.finish_after || !other_done {
             PollStatus::Idle
         } else {
             PollStatus::Finished
@@ -70,7 +91,13 @@ impl PartitionReader for Scripted {
     }
 }
 
-struct TwoLivePartitions;
+/// The busy and the sleepy partition's delivered-event counters, shared by both workers'
+/// readers.
+#[derive(Default)]
+struct TwoLivePartitions {
+    busy: Arc<AtomicUsize>,
+    sleepy: Arc<AtomicUsize>,
+}
 
 impl Source for TwoLivePartitions {
     fn partitions(&self) -> u32 {
@@ -93,6 +120,11 @@ impl Source for TwoLivePartitions {
                 .map(|i| created(&format!("a{i}"), T0 + i * 15 * 60_000))
                 .collect(),
             next: 0,
+            delivered: self.busy.clone(),
+            wake_when: None,
+            // Live until the sleepy partition's event is read, so that it carries the frontier.
+            finish_when: Some((self.sleepy.clone(), 1)),
+            polls_since_other_done: 0,
         };
         let sleepy = Scripted {
             partition: 1,
@@ -102,6 +134,12 @@ impl Source for TwoLivePartitions {
             finish_after: Duration::from_millis(600),
             events: vec![created("b0", T0)],
             next: 0,
+            delivered: self.sleepy.clone(),
+            // Not before the busy partition's 40 events are read, however late its worker
+            // was scheduled.
+            wake_when: Some((self.busy.clone(), 40)),
+            finish_when: None,
+            polls_since_other_done: 0,
         };
         [busy, sleepy]
             .into_iter()
@@ -126,7 +164,7 @@ fn run_with_a_sleepy_partition(workers: usize) -> JobReport {
         workers,
         ..Default::default()
     };
-    let report = run_job(&spec, Arc::new(TwoLivePartitions), &opts).unwrap();
+    let report = run_job(&spec, Arc::new(TwoLivePartitions::default()), &opts).unwrap();
     assert_eq!(report.counters.received, 41);
     assert_eq!(
         report.counters.late, 1,
@@ -229,12 +267,14 @@ impl ReadPositions {
     }
 }
 
-/// A finite partition that reports how far it has been read.
+/// A finite partition that reports how far it has been read. With `last_after`, its last batch
+/// waits (the partition reports no data) until partition 0 has been read up to that time.
 struct Recorded {
     partition: u32,
     events: Vec<(i64, String)>,
     next: usize,
     positions: Arc<ReadPositions>,
+    last_after: Option<i64>,
 }
 
 impl PartitionReader for Recorded {
@@ -245,6 +285,14 @@ impl PartitionReader for Recorded {
         if self.next == self.events.len() {
             self.positions.record(self.partition as usize, i64::MAX);
             return PollStatus::Finished;
+        }
+        let last_batch = self.next + max_events >= self.events.len();
+        if last_batch
+            && self
+                .last_after
+                .is_some_and(|t| self.positions.latest[0].load(Ordering::SeqCst) < t)
+        {
+            return PollStatus::Idle;
         }
         batch.first_offset = self.next as u64;
         for (ts, e) in self.events[self.next..].iter().take(max_events) {
@@ -258,8 +306,10 @@ impl PartitionReader for Recorded {
 
 /// Two partitions of 6,000 orders each, one per worker: partition 0 has an order a minute
 /// (100 h of event time), partition 1 one a second (1 h 40 min). Read at equal batch sizes,
-/// partition 0 runs days ahead in event time.
-struct UnevenPartitions(Arc<ReadPositions>);
+/// partition 0 runs days ahead in event time. The second field, if set, holds partition 1's
+/// last batch until partition 0 has been read up to that time (so a run without alignment
+/// shows the drift however the two workers happen to be scheduled).
+struct UnevenPartitions(Arc<ReadPositions>, Option<i64>);
 
 impl Source for UnevenPartitions {
     fn partitions(&self) -> u32 {
@@ -285,16 +335,18 @@ impl Source for UnevenPartitions {
                     events,
                     next: 0,
                     positions: self.0.clone(),
+                    last_after: self.1.filter(|_| p == 1),
                 }) as Box<dyn PartitionReader>
             })
             .collect()
     }
 }
 
-/// Runs [`UnevenPartitions`] on two workers with `time.max_worker_drift` set to `drift`;
-/// returns the report, the largest event-time gap between the partitions while both were being
-/// read, and how many rounds a worker skipped to wait.
-fn run_uneven(drift: &str) -> (JobReport, Duration, u64) {
+/// Runs [`UnevenPartitions`] on two workers with `time.max_worker_drift` set to `drift`
+/// (partition 1's last batch held until partition 0 reached `last_after`, if set); returns the
+/// report, the largest event-time gap between the partitions while both were being read, and
+/// how many rounds a worker skipped to wait.
+fn run_uneven(drift: &str, last_after: Option<i64>) -> (JobReport, Duration, u64) {
     let text = include_str!("../pipelines/fulfillment.yaml").replacen(
         "max_worker_drift: 0s",
         &format!("max_worker_drift: {drift}"),
@@ -309,7 +361,8 @@ fn run_uneven(drift: &str) -> (JobReport, Duration, u64) {
         counters: Some(counters.clone()),
         ..Default::default()
     };
-    let report = run_job(&spec, Arc::new(UnevenPartitions(positions.clone())), &opts).unwrap();
+    let source = UnevenPartitions(positions.clone(), last_after);
+    let report = run_job(&spec, Arc::new(source), &opts).unwrap();
     assert_eq!(report.counters.accepted, 12_000);
     assert_eq!(report.counters.late, 0);
     let spread = positions.peak_spread_ms.load(Ordering::SeqCst);
@@ -322,15 +375,17 @@ fn a_worker_far_ahead_of_the_others_waits_for_them() {
     // Aligned (1 h): worker 0 reads on only while it is less than 1 h + 1 tick ahead of worker
     // 1's published frontier, which trails what worker 1 has read; one 16-minute batch more
     // makes 77 min at most (measured: 76 min; 99 h with the hold disabled).
-    let (aligned, spread, waits) = run_uneven("1h");
+    let (aligned, spread, waits) = run_uneven("1h", None);
     eprintln!("aligned: largest gap {spread:?}, {waits} rounds waited");
     assert!(waits > 0, "the worker ahead never waited");
     assert!(
         spread <= Duration::from_secs(77 * 60),
         "partitions on different workers drifted {spread:?} apart"
     );
-    // Unaligned: nothing stops worker 0, and the gap grows towards the full 100 h.
-    let (free, free_spread, free_waits) = run_uneven("0s");
+    // Unaligned: nothing stops worker 0, and the gap grows towards the full 100 h. Partition 1
+    // keeps its last batch until partition 0 is 12 h in, so that a worker 0 scheduled late
+    // cannot hide the drift (with alignment on, this would stall both until the idle timeout).
+    let (free, free_spread, free_waits) = run_uneven("0s", Some(T0 + 12 * 3_600_000));
     eprintln!("unaligned: largest gap {free_spread:?}");
     assert_eq!(free_waits, 0);
     assert!(

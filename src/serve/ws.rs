@@ -290,6 +290,9 @@ async fn client<K: StreamKind>(app: Arc<AppState>, socket: WebSocket, mut filter
     let (mut tx, mut rx) = socket.split();
     let mut updates = K::subscribe(&app);
     let mut beat = tokio::time::interval(Duration::from_millis(app.config.heartbeat.ms() as u64));
+    // After a stall (a slow send), the next heartbeat comes one interval later, not as a burst
+    // of the missed ones.
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;
     let end = 'client: {
         if let Err(e) = send(&mut tx, K::snapshot(&app, &filter), stall, K::NAME).await {

@@ -74,16 +74,29 @@ impl Broker {
             r#"min.compaction.lag.ms: "86400000""#,
         );
         std::fs::write(&topics_file, text).expect("write topics file");
-        let b = Broker {
+        let mut b = Broker {
             port: free_port(),
             dir,
             topics_file,
         };
-        b.script("up");
+        // The free port can be taken by another process before Tansu binds it: try a new one.
+        let mut failures = Vec::new();
+        while let Err(e) = b.try_script("up") {
+            failures.push(e);
+            assert!(failures.len() < 3, "Tansu did not start: {failures:#?}");
+            let _ = b.try_script("down");
+            b.port = free_port();
+        }
         b
     }
 
     pub fn script(&self, command: &str) -> String {
+        self.try_script(command)
+            .unwrap_or_else(|text| panic!("scripts/kafka.sh {command} failed: {text}"))
+    }
+
+    /// Runs `scripts/kafka.sh command` for this broker: its output, or the output of a failure.
+    pub fn try_script(&self, command: &str) -> Result<String, String> {
         let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
             .arg(command)
             .env("FULFILLMENT_KAFKA_PORT", self.port.to_string())
@@ -98,11 +111,11 @@ impl Broker {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(
-            out.status.success(),
-            "scripts/kafka.sh {command} failed: {text}"
-        );
-        text
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
     }
 
     pub fn kafka(&self) -> KafkaConfig {
