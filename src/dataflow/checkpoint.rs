@@ -64,6 +64,21 @@ impl Owner {
     }
 }
 
+/// Appends the entries of a saved per-tick schedule (timers, checks, closing windows) that
+/// `keep` selects to `into`, a schedule being restored.
+pub fn merge_schedule<T>(
+    into: &mut BTreeMap<u64, Vec<T>>,
+    saved: BTreeMap<u64, Vec<T>>,
+    keep: impl Fn(&T) -> bool,
+) {
+    for (tick, entries) in saved {
+        let kept: Vec<T> = entries.into_iter().filter(|e| keep(e)).collect();
+        if !kept.is_empty() {
+            into.entry(tick).or_default().extend(kept);
+        }
+    }
+}
+
 /// Read position of one partition at a cut.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionPosition {

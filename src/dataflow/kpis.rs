@@ -15,7 +15,7 @@ use rustc_hash::{FxHashMap, FxHasher};
 use serde::{Deserialize, Serialize};
 
 use crate::config::pipeline::{FactSel, Kpi, Measure, PipelineSpec, Severity};
-use crate::dataflow::checkpoint::Owner;
+use crate::dataflow::checkpoint::{merge_schedule, Owner};
 use crate::dataflow::kpi_math::{anomaly_z, kpi_status, kpi_value, quantile_rank, status_count};
 use crate::dataflow::orders::{BacklogKey, Labels};
 use crate::model::facts::{Fact, FactKind};
@@ -293,15 +293,9 @@ impl CellState {
                 .into_iter()
                 .filter(|(key, _)| owner.owns(key.series())),
         );
-        for (tick, keys) in snapshot.closing.into_owned() {
-            let keys: Vec<_> = keys
-                .into_iter()
-                .filter(|k| owner.owns(k.series()))
-                .collect();
-            if !keys.is_empty() {
-                self.closing.entry(tick).or_default().extend(keys);
-            }
-        }
+        merge_schedule(&mut self.closing, snapshot.closing.into_owned(), |k| {
+            owner.owns(k.series())
+        });
         self.levels.extend(
             snapshot
                 .levels

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::config::pipeline::{Kpi, Measure, PipelineSpec, Severity};
-use crate::dataflow::checkpoint::Owner;
+use crate::dataflow::checkpoint::{merge_schedule, Owner};
 use crate::dataflow::risk_model::RiskSnapshot;
 use crate::model::event::{EventBody, OrderEvent};
 use crate::model::facts::{cents, Dims, Fact, FactField, FactFlag, FactKind};
@@ -241,12 +241,9 @@ impl OrderState {
                 .into_iter()
                 .filter(|(id, _)| mine(id)),
         );
-        for (tick, due) in snapshot.timers.into_owned() {
-            let due: Vec<_> = due.into_iter().filter(|t| mine(&t.2)).collect();
-            if !due.is_empty() {
-                self.timers.entry(tick).or_default().extend(due);
-            }
-        }
+        merge_schedule(&mut self.timers, snapshot.timers.into_owned(), |t| {
+            mine(&t.2)
+        });
         // Generations only need to be unique per order id; above every restored one is enough.
         self.next_generation = self.next_generation.max(snapshot.next_generation);
     }

@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::pipeline::{PipelineSpec, Severity};
-use crate::dataflow::checkpoint::Owner;
+use crate::dataflow::checkpoint::{merge_schedule, Owner};
 use crate::dataflow::orders::{dims_context, RiskInput, RiskUpdate, Route};
 use crate::dataflow::risk_model::{crossing_time, score, RiskSnapshot, RouteStats};
 use crate::model::facts::{ppm, Dims, Fact, FactField, FactKind};
@@ -124,16 +124,10 @@ impl RiskState {
                 .filter(|(route, _)| mine(route)),
         );
         let open = snapshot.open.into_owned();
-        for (tick, due) in snapshot.checks.into_owned() {
-            // A check whose order is no longer open is stale (skipped when due); it goes nowhere.
-            let due: Vec<_> = due
-                .into_iter()
-                .filter(|(_, id)| open.get(id).is_some_and(|o| mine(&o.route)))
-                .collect();
-            if !due.is_empty() {
-                self.checks.entry(tick).or_default().extend(due);
-            }
-        }
+        // A check whose order is no longer open is stale (skipped when due); it goes nowhere.
+        merge_schedule(&mut self.checks, snapshot.checks.into_owned(), |(_, id)| {
+            open.get(id).is_some_and(|o| mine(&o.route))
+        });
         self.open
             .extend(open.into_iter().filter(|(_, o)| mine(&o.route)));
     }
